@@ -1,0 +1,53 @@
+"""Entropic optimal transport for cross-modal matching: solvers, costs, losses and differentiable plans.
+
+Pure PyTorch with no model knowledge. Shapes: costs ``(..., n, m)``, marginals ``(..., n)`` and ``(..., m)``,
+embeddings ``(..., n, d)``; ``epsilon`` is in cost units.
+"""
+
+from .autograd import PartialSinkhornKLLoss, SinkhornKLLoss, kl_to_plan
+from .costs import (
+    MahalanobisMetric,
+    cosine_cost,
+    euclidean_cost,
+    mahalanobis_cost,
+    paper_initial_matrix,
+    project_psd,
+    sq_euclidean_cost,
+)
+from .losses import (
+    InfoNCELoss,
+    contrastive_entropy_loss,
+    contrastive_loss,
+    duplicate_aware_target,
+    mltm_loss,
+    mltm_partial_loss,
+    normalize_cost,
+    triplet_loss,
+)
+from .partial import partial_sinkhorn
+from .result import OTResult
+from .sinkhorn import sinkhorn
+
+__all__ = [
+    "InfoNCELoss",
+    "MahalanobisMetric",
+    "OTResult",
+    "PartialSinkhornKLLoss",
+    "SinkhornKLLoss",
+    "contrastive_entropy_loss",
+    "contrastive_loss",
+    "cosine_cost",
+    "duplicate_aware_target",
+    "euclidean_cost",
+    "kl_to_plan",
+    "mahalanobis_cost",
+    "mltm_loss",
+    "mltm_partial_loss",
+    "normalize_cost",
+    "paper_initial_matrix",
+    "partial_sinkhorn",
+    "project_psd",
+    "sinkhorn",
+    "sq_euclidean_cost",
+    "triplet_loss",
+]

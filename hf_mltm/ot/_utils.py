@@ -1,0 +1,101 @@
+"""Shared helpers for the OT solvers: marginals, masks, dtypes and validation.
+
+Letters used across ``hf_mltm.ot``: ``n`` rows (source points), ``m`` columns (target points), ``d`` embedding
+dimension, ``...`` any number of leading batch dimensions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype the solvers compute in: float64 stays float64, everything else (half, bfloat16, float32) is float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def autocast_disabled(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which autocast cannot push the solver into half precision."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def check_epsilon(epsilon: float) -> float:
+    epsilon = float(epsilon)
+    if not epsilon > 0 or epsilon != epsilon or epsilon == float("inf"):
+        raise ValueError(f"epsilon must be a finite number > 0, got {epsilon}.")
+    return epsilon
+
+
+def check_cost(cost: torch.Tensor) -> None:
+    if cost.dim() < 2:
+        raise ValueError(f"cost must have shape (..., n, m), got a tensor of shape {tuple(cost.shape)}.")
+    if cost.shape[-1] == 0 or cost.shape[-2] == 0:
+        raise ValueError(f"cost must have n >= 1 rows and m >= 1 columns, got shape {tuple(cost.shape)}.")
+    if not cost.is_floating_point():
+        raise ValueError(f"cost must be a floating-point tensor, got dtype {cost.dtype}.")
+
+
+def log_marginal(
+    weights: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    batch_shape: torch.Size,
+    size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    name: str,
+) -> torch.Tensor:
+    """Log-weights of one marginal, broadcast to ``(*batch_shape, size)``.
+
+    ``weights=None`` means uniform over the unmasked entries. Masked entries (``mask`` False) get weight 0, i.e. a
+    log-weight of ``-inf``, so they receive exactly zero mass. Explicit weights are used as given (no
+    renormalisation); masked entries of explicit weights are zeroed.
+    """
+    if mask is not None:
+        if mask.shape[-1] != size:
+            raise ValueError(f"{name}_mask must end in size {size}, got shape {tuple(mask.shape)}.")
+        mask = mask.to(device=device, dtype=torch.bool).expand(*batch_shape, size)
+        if not bool(mask.any(dim=-1).all()):
+            raise ValueError(f"{name}_mask leaves a problem with no valid entry; every problem needs at least one.")
+    if weights is None:
+        if mask is None:
+            return torch.full((*batch_shape, size), -math.log(size), dtype=dtype, device=device)
+        count = mask.sum(dim=-1, keepdim=True).to(dtype)
+        return torch.where(mask, -torch.log(count), torch.tensor(float("-inf"), dtype=dtype, device=device))
+    weights = weights.to(device=device, dtype=dtype)
+    if weights.shape[-1] != size:
+        raise ValueError(f"marginal {name} must end in size {size}, got shape {tuple(weights.shape)}.")
+    if bool((weights < 0).any()) or not bool(torch.isfinite(weights).all()):
+        raise ValueError(f"marginal {name} must be finite and non-negative.")
+    weights = weights.expand(*batch_shape, size)
+    if mask is not None:
+        weights = weights * mask
+    if not bool((weights.sum(dim=-1) > 0).all()):
+        raise ValueError(f"marginal {name} has zero total mass in some problem.")
+    return torch.log(weights)
+
+
+def masked_cost(cost: torch.Tensor, row_mask: torch.Tensor | None, col_mask: torch.Tensor | None) -> torch.Tensor:
+    """Replace the cost of masked entries by 0 (their mass is zero anyway) and reject non-finite valid entries."""
+    valid = None
+    if row_mask is not None:
+        valid = row_mask.to(torch.bool)[..., :, None]
+    if col_mask is not None:
+        col = col_mask.to(torch.bool)[..., None, :]
+        valid = col if valid is None else valid & col
+    if valid is not None:
+        cost = torch.where(valid, cost, torch.zeros((), dtype=cost.dtype, device=cost.device))
+    if not bool(torch.isfinite(cost).all()):
+        raise ValueError(
+            "cost has NaN or inf entries in unmasked positions; give row_mask/col_mask for padding or fix the cost."
+        )
+    return cost
+
+
+def marginal_l1_error(log_plan: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """``||P 1 - a||_1 + ||P^T 1 - b||_1`` per problem, shape ``(...)``."""
+    rows = torch.logsumexp(log_plan, dim=-1).exp() - log_a.exp()
+    cols = torch.logsumexp(log_plan, dim=-2).exp() - log_b.exp()
+    return rows.abs().sum(-1) + cols.abs().sum(-1)

@@ -1,0 +1,210 @@
+r"""Ground costs between two point sets, built from matrix products (never from ``(n, m, d)`` difference tensors).
+
+``x`` has shape ``(..., n, d)``, ``y`` shape ``(..., m, d)``; every cost returns shape ``(..., n, m)``.
+
+The Mahalanobis cost is :math:`c(x, y) = \sqrt{(x - y)^\top M (x - y)}` with ``M`` positive semi-definite. With
+``M = L^\top L`` it is the Euclidean distance between ``x L^\top`` and ``y L^\top``, which costs ``O((n + m) d r + n m r)``
+for ``L`` of shape ``(r, d)``; the public m-LTM code instead materialises ``(b, b, d)`` tensors and, through an
+einsum with a repeated index, only ever reads ``diag(M)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+MetricParametrization = Literal["diagonal", "full", "lowrank", "projected"]
+
+
+def sq_euclidean_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``||x_i - y_j||^2``, clamped at 0 against rounding, shape ``(..., n, m)``."""
+    x_sq = x.pow(2).sum(-1)[..., :, None]
+    y_sq = y.pow(2).sum(-1)[..., None, :]
+    return (x_sq + y_sq - 2 * (x @ y.transpose(-1, -2))).clamp_min(0)
+
+
+def _safe_sqrt(squared: torch.Tensor) -> torch.Tensor:
+    # sqrt has an infinite derivative at 0 (identical points); give those entries value 0 and gradient 0.
+    positive = squared > 0
+    return torch.where(positive, squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt(), torch.zeros_like(squared))
+
+
+def euclidean_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances ``||x_i - y_j||``, shape ``(..., n, m)``; the gradient is 0 (not NaN) at coincident points."""
+    return _safe_sqrt(sq_euclidean_cost(x, y))
+
+
+def cosine_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(x_i, y_j)``, in ``[0, 2]``, shape ``(..., n, m)``."""
+    return 1 - F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).transpose(-1, -2)
+
+
+def mahalanobis_cost(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    factor: torch.Tensor | None = None,
+    *,
+    matrix: torch.Tensor | None = None,
+    squared: bool = False,
+) -> torch.Tensor:
+    """Mahalanobis distances ``sqrt((x_i - y_j)^T M (x_i - y_j))``, shape ``(..., n, m)``.
+
+    Args:
+        x (`torch.Tensor` of shape `(..., n, d)`), y (`torch.Tensor` of shape `(..., m, d)`): the points.
+        factor (`torch.Tensor` of shape `(r, d)` or `(d,)`): ``L`` with ``M = L^T L`` (PSD by construction); a vector
+            is the square root of a diagonal ``M``.
+        matrix (`torch.Tensor` of shape `(d, d)`): ``M`` itself, used when no factor is given (e.g. a projected-gradient
+            parametrisation). Only its symmetric part matters; it must be PSD for the square root to be meaningful
+            (negative quadratic forms are clamped to 0).
+        squared (`bool`): return the quadratic form without the square root.
+    """
+    if (factor is None) == (matrix is None):
+        raise ValueError("mahalanobis_cost needs exactly one of `factor` (M = L^T L) or `matrix` (M).")
+    if factor is not None:
+        if factor.dim() == 1:
+            x_proj, y_proj = x * factor, y * factor
+        else:
+            x_proj, y_proj = x @ factor.transpose(-1, -2), y @ factor.transpose(-1, -2)
+        quadratic = sq_euclidean_cost(x_proj, y_proj)
+    else:
+        sym = (matrix + matrix.transpose(-1, -2)) / 2
+        x_m = x @ sym  # (..., n, d)
+        cross = x_m @ y.transpose(-1, -2)  # (..., n, m)
+        x_quad = (x_m * x).sum(-1)[..., :, None]
+        y_quad = ((y @ sym) * y).sum(-1)[..., None, :]
+        quadratic = (x_quad + y_quad - 2 * cross).clamp_min(0)
+    return quadratic if squared else _safe_sqrt(quadratic)
+
+
+def project_psd(matrix: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of a square matrix onto the PSD cone: symmetrise, then clamp eigenvalues at 0.
+
+    This is the projection the m-LTM paper intends; its public code clamps *singular* values, which are never
+    negative, so it leaves the matrix unchanged.
+    """
+    sym = (matrix + matrix.transpose(-1, -2)) / 2
+    eigenvalues, eigenvectors = torch.linalg.eigh(sym)
+    return (eigenvectors * eigenvalues.clamp_min(0)[..., None, :]) @ eigenvectors.transpose(-1, -2)
+
+
+def paper_initial_matrix(dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The m-LTM initialisation ``M = PSD((A + A^T) / 2 + I)`` with ``A`` standard normal scaled by ``1/sqrt(d)``
+    (so that the perturbation has spectral norm O(1) whatever ``dim``), shape ``(d, d)``, float32."""
+    noise = torch.randn(dim, dim, generator=generator) / math.sqrt(dim)
+    return project_psd((noise + noise.T) / 2 + torch.eye(dim))
+
+
+def _psd_factor(matrix: torch.Tensor, rank: int | None = None) -> torch.Tensor:
+    """A factor ``L`` (``rank x d``) with ``L^T L`` the best rank-``rank`` PSD approximation of ``matrix``."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(project_psd(matrix))
+    eigenvalues, eigenvectors = eigenvalues.flip(-1), eigenvectors.flip(-1)
+    if rank is not None:
+        eigenvalues, eigenvectors = eigenvalues[:rank], eigenvectors[:, :rank]
+    return eigenvalues.clamp_min(0).sqrt()[:, None] * eigenvectors.T
+
+
+class MahalanobisMetric(nn.Module):
+    """A learned Mahalanobis ground metric ``c(x, y) = sqrt((x - y)^T M (x - y))`` with ``M`` PSD.
+
+    Parametrisations of ``M`` (all PSD by construction except ``projected``):
+
+    - ``"diagonal"``: ``M = diag(softplus(w))``, ``d`` parameters.
+    - ``"full"``: ``M = L^T L`` with ``L`` of shape ``(d, d)``.
+    - ``"lowrank"``: ``M = L^T L`` with ``L`` of shape ``(rank, d)``.
+    - ``"projected"``: ``M`` is the parameter itself, as in the paper; call :meth:`project_` after every optimizer step
+      (an eigenvalue projection of the symmetric part). Between steps ``M`` may leave the cone; the cost clamps
+      negative quadratic forms to 0.
+
+    Args:
+        dim (`int`): embedding dimension ``d``.
+        parametrization (`str`): one of the above.
+        rank (`int`, *optional*): rank ``r`` for ``"lowrank"``.
+        init (`str`): ``"identity"`` (``M = I``; for ``"lowrank"``, ``r`` random orthonormal directions scaled by
+            ``sqrt(d / r)`` so that ``trace(M) = d``) or ``"paper"`` (:func:`paper_initial_matrix`, truncated to rank
+            ``r`` for ``"lowrank"``, and its diagonal for ``"diagonal"``).
+
+    Example:
+        >>> import torch
+        >>> metric = MahalanobisMetric(4, "full")
+        >>> metric(torch.zeros(2, 4), torch.ones(3, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        parametrization: MetricParametrization = "full",
+        rank: int | None = None,
+        init: Literal["identity", "paper"] = "identity",
+    ) -> None:
+        super().__init__()
+        if parametrization not in ("diagonal", "full", "lowrank", "projected"):
+            raise ValueError(
+                f"Unknown metric parametrization {parametrization!r}; use 'diagonal', 'full', 'lowrank' or 'projected'."
+            )
+        if init not in ("identity", "paper"):
+            raise ValueError(f"Unknown metric init {init!r}; use 'identity' or 'paper'.")
+        if parametrization == "lowrank" and (rank is None or not 1 <= rank <= dim):
+            raise ValueError(f"'lowrank' needs 1 <= rank <= dim={dim}, got rank={rank}.")
+        self.dim, self.parametrization, self.rank, self.init = dim, parametrization, rank, init
+        shape = {"diagonal": (dim,), "full": (dim, dim), "lowrank": (rank, dim), "projected": (dim, dim)}
+        self.weight = nn.Parameter(torch.empty(shape[parametrization]))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """(Re-)initialise ``weight`` according to ``init``."""
+        d = self.dim
+        if self.parametrization == "diagonal":
+            target = torch.ones(d) if self.init == "identity" else paper_initial_matrix(d, generator).diagonal()
+            value = target + torch.log(-torch.expm1(-target))  # inverse softplus
+        elif self.init == "paper":
+            matrix = paper_initial_matrix(d, generator)
+            value = matrix if self.parametrization == "projected" else _psd_factor(matrix, self.rank)
+        elif self.parametrization == "lowrank":
+            directions, _ = torch.linalg.qr(torch.randn(d, self.rank, generator=generator))
+            value = directions.T * math.sqrt(d / self.rank)
+        else:
+            value = torch.eye(d)
+        self.weight.copy_(value.to(self.weight.dtype))
+
+    def factor(self) -> torch.Tensor | None:
+        """``L`` with ``M = L^T L``: shape ``(d,)`` (diagonal square roots), ``(d, d)`` or ``(r, d)``; `None` for
+        ``"projected"``."""
+        if self.parametrization == "diagonal":
+            return F.softplus(self.weight).sqrt()
+        if self.parametrization == "projected":
+            return None
+        return self.weight
+
+    def matrix(self) -> torch.Tensor:
+        """``M``, shape ``(d, d)``."""
+        if self.parametrization == "diagonal":
+            return torch.diag(F.softplus(self.weight))
+        if self.parametrization == "projected":
+            return self.weight
+        return self.weight.T @ self.weight
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Project ``M`` onto the PSD cone in place (``"projected"`` only; the other parametrisations need none)."""
+        if self.parametrization == "projected":
+            self.weight.copy_(project_psd(self.weight))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False) -> torch.Tensor:
+        """Cost matrix of shape ``(..., n, m)`` between ``x`` ``(..., n, d)`` and ``y`` ``(..., m, d)``, computed in the
+        metric's dtype (float32 under autocast)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x, y = x.to(self.weight.dtype), y.to(self.weight.dtype)
+            factor = self.factor()
+            if factor is None:
+                return mahalanobis_cost(x, y, matrix=self.weight, squared=squared)
+            return mahalanobis_cost(x, y, factor, squared=squared)
+
+    def extra_repr(self) -> str:
+        rank = f", rank={self.rank}" if self.parametrization == "lowrank" else ""
+        return f"dim={self.dim}, parametrization={self.parametrization!r}{rank}, init={self.init!r}"

@@ -150,7 +150,8 @@ class MahalanobisMetric(nn.Module):
             raise ValueError(f"Unknown metric init {init!r}; use 'identity' or 'paper'.")
         if parametrization == "lowrank" and (rank is None or not 1 <= rank <= dim):
             raise ValueError(f"'lowrank' needs 1 <= rank <= dim={dim}, got rank={rank}.")
-        self.dim, self.parametrization, self.rank, self.init = dim, parametrization, rank, init
+        self.dim, self.parametrization, self.init = dim, parametrization, init
+        self.rank = rank if parametrization == "lowrank" else None
         shape = {"diagonal": (dim,), "full": (dim, dim), "lowrank": (rank, dim), "projected": (dim, dim)}
         self.weight = nn.Parameter(torch.empty(shape[parametrization]))
         self.reset_parameters()

@@ -15,8 +15,10 @@ dual by exact block coordinate ascent (Dykstra's algorithm written in potentials
     g &= \min\big(\varepsilon \log b - \varepsilon \operatorname{LSE}_i((f_i + h - C_{ij})/\varepsilon),\ 0\big) \\
     h &= \varepsilon \log s - \varepsilon \operatorname{LSE}_{ij}((f_i + g_j - C_{ij})/\varepsilon)
 
-Numerics: O(n m) work and memory per iteration and problem, log domain throughout (no kernel underflow), float32 or
-float64 as in :func:`hf_mltm.ot.sinkhorn`. With ``mass == sum(a) == sum(b)`` the constraints are the balanced ones and
+Numerics: as in :func:`hf_mltm.ot.sinkhorn`: an exact log-domain first iteration, then scalings of the absorbed kernel
+``K = exp((f + g + h - C)/eps)``: ``u = min(a / (lam K v), e^{-f})``, ``v = min(b / (lam K^T u), e^{-g})``,
+``lam = s / (u^T K v)`` (two matrix-vector products per iteration, O(n m)), absorbed into the potentials only when
+they leave ``[e^-30, e^30]``, with a log-sum-exp fallback; float32 or float64. With ``mass == sum(a) == sum(b)`` the constraints are the balanced ones and
 the plan equals the balanced Sinkhorn plan. POT's kernel-domain iteration omits the Dykstra correction (the
 ``min(., 0)`` here lets a row regain mass after a global rescaling); the two agree where POT converges.
 """
@@ -27,9 +29,21 @@ import warnings
 
 import torch
 
-from ._utils import autocast_disabled, check_cost, check_epsilon, compute_dtype, log_marginal, masked_cost
+from ._utils import (
+    autocast_disabled,
+    check_cost,
+    check_epsilon,
+    compute_dtype,
+    log_marginal,
+    masked_cost,
+    matvec,
+    safe_divide,
+    scalings_are_safe,
+)
 from .result import OTResult
-from .sinkhorn import _check_iterations
+from .sinkhorn import _check_iterations, _needs_absorption
+
+Potentials = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # scaled f (..., n), g (..., m), h (...)
 
 
 def _check_mass(mass: float, log_a: torch.Tensor, log_b: torch.Tensor) -> float:
@@ -41,19 +55,6 @@ def _check_mass(mass: float, log_a: torch.Tensor, log_b: torch.Tensor) -> float:
             f"got {mass}."
         )
     return min(mass, limit)
-
-
-def partial_kkt_error(
-    log_plan: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, f: torch.Tensor, g: torch.Tensor, mass: float
-) -> torch.Tensor:
-    """KKT residual of a partial plan, shape ``(...)``: equality on active rows/columns (potential < 0), inequality
-    elsewhere, plus the total-mass gap."""
-    rows = torch.logsumexp(log_plan, -1).exp() - log_a.exp()
-    cols = torch.logsumexp(log_plan, -2).exp() - log_b.exp()
-    rows = torch.where(f < 0, rows.abs(), rows.clamp_min(0))
-    cols = torch.where(g < 0, cols.abs(), cols.clamp_min(0))
-    total = torch.logsumexp(log_plan.flatten(-2), -1).exp()
-    return rows.nan_to_num(0.0).sum(-1) + cols.nan_to_num(0.0).sum(-1) + (total - mass).abs()
 
 
 def partial_sinkhorn(
@@ -96,26 +97,37 @@ def partial_sinkhorn(
         mass = _check_mass(mass, log_a, log_b)
         log_mass = torch.log(torch.tensor(mass, dtype=dtype, device=cost.device))
         log_kernel = cost / -epsilon  # (..., n, m)
+        a, b = log_a.exp(), log_b.exp()
 
         f_scaled = torch.where(torch.isinf(log_a), log_a, torch.zeros_like(log_a))
         g_scaled = torch.where(torch.isinf(log_b), log_b, torch.zeros_like(log_b))
-        h_scaled = log_mass - torch.logsumexp((log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :]).flatten(-2), -1)
-        n_iter = 0
-        for n_iter in range(1, int(max_iter) + 1):
-            f_scaled = (log_a - torch.logsumexp(log_kernel + (g_scaled[..., None, :] + h_scaled[..., None, None]), -1)
-                        ).clamp_max(0)
-            g_scaled = (log_b - torch.logsumexp(log_kernel + (f_scaled[..., :, None] + h_scaled[..., None, None]), -2)
-                        ).clamp_max(0)
-            h_scaled = log_mass - torch.logsumexp(
-                (log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :]).flatten(-2), -1
-            )
-            if tol > 0 and n_iter % check_every == 0:
-                log_plan = log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :] + h_scaled[..., None, None]
-                if partial_kkt_error(log_plan, log_a, log_b, f_scaled, g_scaled, mass).max().item() < tol:
-                    break
+        h_scaled = torch.zeros(batch_shape, dtype=dtype, device=cost.device)
+        potentials = _log_domain_block(log_kernel, log_a, log_b, log_mass, (f_scaled, g_scaled, h_scaled), 1)
+        kernel = _absorbed_kernel(log_kernel, *potentials)
+        scalings = (torch.ones_like(a), torch.ones_like(b), torch.ones_like(h_scaled))
+        n_iter = 1
+        while True:
+            marginal_error = _kkt_error(kernel, a, b, mass, potentials, scalings)
+            if n_iter >= max_iter or (tol > 0 and marginal_error.max().item() < tol):
+                break
+            steps = min(int(check_every), int(max_iter) - n_iter)
+            new_scalings = _scaling_block(kernel, a, b, mass, potentials, scalings, steps)
+            if scalings_are_safe(*new_scalings):
+                scalings = new_scalings
+            else:  # redo the block in the log domain from the last safe scalings
+                potentials = _log_domain_block(log_kernel, log_a, log_b, log_mass, _absorb(potentials, scalings), steps)
+                scalings = tuple(torch.ones_like(s) for s in scalings)
+                kernel = _absorbed_kernel(log_kernel, *potentials)
+            n_iter += steps
+            if _needs_absorption(*scalings):
+                potentials = _absorb(potentials, scalings)
+                scalings = tuple(torch.ones_like(s) for s in scalings)
+                kernel = _absorbed_kernel(log_kernel, *potentials)
 
+        u, v, lam = scalings
+        plan = kernel * (lam[..., None, None] * u[..., :, None] * v[..., None, :])
+        f_scaled, g_scaled, h_scaled = _absorb(potentials, scalings)
         log_plan = log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :] + h_scaled[..., None, None]
-        marginal_error = partial_kkt_error(log_plan, log_a, log_b, f_scaled, g_scaled, mass)
         converged = bool((marginal_error < tol).all()) if tol > 0 else True
         if warn and not converged:
             warnings.warn(
@@ -125,7 +137,7 @@ def partial_sinkhorn(
                 stacklevel=2,
             )
         return OTResult(
-            plan=log_plan.exp(),
+            plan=plan,
             log_plan=log_plan,
             f=f_scaled * epsilon,
             g=g_scaled * epsilon,
@@ -135,3 +147,72 @@ def partial_sinkhorn(
             h=h_scaled * epsilon,
         )
 
+
+
+def _absorbed_kernel(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``exp(log_kernel + f_i + g_j + h)``: the plan the scaled potentials describe, ``(..., n, m)``."""
+    return (log_kernel + f[..., :, None] + g[..., None, :] + h[..., None, None]).exp()
+
+
+def _absorb(potentials: Potentials, scalings: Potentials) -> Potentials:
+    """Fold scalings into the potentials. Rows/columns whose scaling sits at its cap (inactive constraint) get a
+    potential of exactly 0, which the backward pass relies on to find the active set."""
+    f, g, h = potentials
+    u, v, lam = scalings
+    f_new = torch.where(u < (-f).exp(), f + u.log(), torch.zeros_like(f)).where(~torch.isinf(f), f)
+    g_new = torch.where(v < (-g).exp(), g + v.log(), torch.zeros_like(g)).where(~torch.isinf(g), g)
+    return f_new.clamp_max(0), g_new.clamp_max(0), h + lam.log()
+
+
+def _log_domain_block(
+    log_kernel: torch.Tensor,
+    log_a: torch.Tensor,
+    log_b: torch.Tensor,
+    log_mass: torch.Tensor,
+    potentials: Potentials,
+    steps: int,
+) -> Potentials:
+    """``steps`` exact log-sum-exp iterations of the dual block coordinate ascent (module docstring)."""
+    f, g, h = potentials
+    for _ in range(steps):
+        f = (log_a - torch.logsumexp(log_kernel + (g[..., None, :] + h[..., None, None]), -1)).clamp_max(0)
+        g = (log_b - torch.logsumexp(log_kernel + (f[..., :, None] + h[..., None, None]), -2)).clamp_max(0)
+        h = log_mass - torch.logsumexp((log_kernel + f[..., :, None] + g[..., None, :]).flatten(-2), -1)
+    return f, g, h
+
+
+def _scaling_block(
+    kernel: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    mass: float,
+    potentials: Potentials,
+    scalings: Potentials,
+    steps: int,
+) -> Potentials:
+    """``steps`` iterations as scalings ``u <= e^{-f}``, ``v <= e^{-g}``, ``lam`` of the absorbed kernel."""
+    f, g, _ = potentials
+    u_cap, v_cap = (-f).exp(), (-g).exp()
+    u, v, lam = scalings
+    kernel_v = matvec(kernel, v)
+    for _ in range(steps):
+        u = torch.minimum(safe_divide(a, lam[..., None] * kernel_v), u_cap)
+        v = torch.minimum(safe_divide(b, lam[..., None] * matvec(kernel.transpose(-1, -2), u)), v_cap)
+        kernel_v = matvec(kernel, v)
+        lam = safe_divide(torch.full_like(lam, mass), (u * kernel_v).sum(-1))
+    return u, v, lam
+
+
+def _kkt_error(
+    kernel: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mass: float, potentials: Potentials, scalings: Potentials
+) -> torch.Tensor:
+    """KKT residual of the plan ``lam K * u v^T`` per problem, shape ``(...)``: equality on active rows/columns
+    (scaling below its cap), inequality elsewhere, plus the total-mass gap."""
+    f, g, _ = potentials
+    u, v, lam = scalings
+    rows = lam[..., None] * u * matvec(kernel, v) - a
+    cols = lam[..., None] * v * matvec(kernel.transpose(-1, -2), u) - b
+    rows = torch.where(u < (-f).exp(), rows.abs(), rows.clamp_min(0))
+    cols = torch.where(v < (-g).exp(), cols.abs(), cols.clamp_min(0))
+    total = lam * (u * matvec(kernel, v)).sum(-1)
+    return rows.sum(-1) + cols.sum(-1) + (total - mass).abs()

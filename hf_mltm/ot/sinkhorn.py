@@ -12,10 +12,18 @@ in ``f`` and in ``g``:
     f_i = \varepsilon \log a_i - \varepsilon \operatorname{LSE}_j \big((g_j - C_{ij})/\varepsilon\big), \qquad
     g_j = \varepsilon \log b_j - \varepsilon \operatorname{LSE}_i \big((f_i - C_{ij})/\varepsilon\big).
 
-Numerics: log-sum-exp updates never underflow, so small ``epsilon`` (0.01 and below) and unnormalised costs are safe.
-The solver computes in float32 (float64 for float64 input) even inside an autocast region. Memory is O(n m) per
-problem. The loop is autograd-transparent: called with grad enabled it is differentiated by unrolling (use this only
-to verify the closed-form gradients of :mod:`hf_mltm.ot.losses`).
+Numerics: the potentials live in the log domain (Schmitzer's stabilisation). The first iteration is an exact
+log-sum-exp update; after it the solver iterates on the *absorbed kernel* ``K = exp((f_i + g_j - C_ij)/eps)`` (the
+current plan, so no row underflows as a whole) with the equivalent scalings ``u = a / (K v)``, ``v = b / (K^T u)``:
+two matrix-vector products per iteration instead of two log-sum-exp passes. The scalings are absorbed into ``f``,
+``g`` (and ``K`` recomputed) only when they leave ``[e^-30, e^30]``; in between they carry the refinement at full
+relative precision, which float32 potentials of magnitude ~10 could not (their ulp is ~1e-6). Should scalings leave
+the float range, the iterations are redone with log-sum-exp updates. ``log_plan = (f + g - C)/eps`` is computed in
+the log domain, so small ``epsilon`` (0.01 and below) and unnormalised costs are safe. Convergence is checked every
+``check_every`` iterations on the marginals of ``K * u v^T`` (one extra matrix-vector product per check). The solver
+computes in float32 (float64 for float64 input) even inside an autocast region. Memory is O(n m) per problem. The
+loop is autograd-transparent: with grad enabled it is differentiated by unrolling (use this only to verify the
+closed-form gradients of :mod:`hf_mltm.ot.losses`).
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ from ._utils import (
     check_epsilon,
     compute_dtype,
     log_marginal,
-    marginal_l1_error,
     masked_cost,
+    matvec,
+    safe_divide,
+    scalings_are_safe,
 )
 from .result import OTResult
 
@@ -109,24 +119,39 @@ def sinkhorn(
         else:
             f_scaled = init[0].to(dtype) / epsilon
             g_scaled = init[1].to(dtype) / epsilon
-        # Masked entries carry -inf potentials from the first update on; keep them -inf in the warm start too.
+        # Masked entries carry -inf potentials; keep them -inf in a warm start too.
         f_scaled = torch.where(torch.isinf(log_a), log_a, f_scaled)
         g_scaled = torch.where(torch.isinf(log_b), log_b, g_scaled)
+        a, b = log_a.exp(), log_b.exp()
 
-        n_iter, error = 0, None
-        for n_iter in range(1, int(max_iter) + 1):
-            f_new = log_a - torch.logsumexp(log_kernel + g_scaled[..., None, :], dim=-1)
-            if tol > 0 and n_iter % check_every == 0:
-                # Row sums of the current plan are a * exp(f - f_new): the check costs no extra pass.
-                row_error = (log_a.exp() * torch.expm1(f_scaled - f_new).nan_to_num(0.0)).abs().sum(-1)
-                error = row_error.max().item()
-            f_scaled = f_new
-            g_scaled = log_b - torch.logsumexp(log_kernel + f_scaled[..., :, None], dim=-2)
-            if error is not None and error < tol:
+        f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled, g_scaled, 1)
+        kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
+        u, v = torch.ones_like(a), torch.ones_like(b)
+        n_iter = 1
+        while True:
+            plan_rows = u * matvec(kernel, v)
+            plan_cols = v * matvec(kernel.transpose(-1, -2), u)
+            marginal_error = (plan_rows - a).abs().sum(-1) + (plan_cols - b).abs().sum(-1)
+            if n_iter >= max_iter or (tol > 0 and marginal_error.max().item() < tol):
                 break
+            steps = min(int(check_every), int(max_iter) - n_iter)
+            new_u, new_v = _scaling_block(kernel, a, b, v, steps)
+            if scalings_are_safe(new_u, new_v):
+                u, v = new_u, new_v
+            else:  # redo the block in the log domain from the last safe scalings
+                f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled + u.log(),
+                                                       g_scaled + v.log(), steps)
+                u, v = torch.ones_like(a), torch.ones_like(b)
+                kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
+            n_iter += steps
+            if _needs_absorption(u, v):
+                f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
+                u, v = torch.ones_like(a), torch.ones_like(b)
+                kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
 
+        plan = kernel * u[..., :, None] * v[..., None, :]
+        f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
         log_plan = log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :]
-        marginal_error = marginal_l1_error(log_plan, log_a, log_b)
         converged = bool((marginal_error < tol).all()) if tol > 0 else True
         if warn and not converged:
             warnings.warn(
@@ -136,7 +161,7 @@ def sinkhorn(
                 stacklevel=2,
             )
         return OTResult(
-            plan=log_plan.exp(),
+            plan=plan,
             log_plan=log_plan,
             f=f_scaled * epsilon,
             g=g_scaled * epsilon,
@@ -144,3 +169,36 @@ def sinkhorn(
             marginal_error=marginal_error,
             converged=converged,
         )
+
+
+ABSORB_LOG_THRESHOLD = 30.0
+
+
+def _absorbed_kernel(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``exp(log_kernel + f_i + g_j)`` for scaled potentials: the plan the potentials describe, ``(..., n, m)``."""
+    return (log_kernel + f[..., :, None] + g[..., None, :]).exp()
+
+
+def _needs_absorption(*scalings: torch.Tensor) -> bool:
+    """Whether any non-zero scaling left ``[e^-30, e^30]`` (zeros are masked entries and stay zero)."""
+    return any(bool((s.log().abs().nan_to_num(0.0, posinf=0.0) > ABSORB_LOG_THRESHOLD).any()) for s in scalings)
+
+
+def _log_domain_block(
+    log_kernel: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, f: torch.Tensor, g: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steps`` exact log-sum-exp iterations on the scaled potentials ``f / eps``, ``g / eps``."""
+    for _ in range(steps):
+        f = log_a - torch.logsumexp(log_kernel + g[..., None, :], dim=-1)
+        g = log_b - torch.logsumexp(log_kernel + f[..., :, None], dim=-2)
+    return f, g
+
+
+def _scaling_block(
+    kernel: torch.Tensor, a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steps`` Sinkhorn iterations as scalings ``u``, ``v`` of the absorbed kernel ``(..., n, m)``, from ``v``."""
+    for _ in range(steps):
+        u = safe_divide(a, matvec(kernel, v))
+        v = safe_divide(b, matvec(kernel.transpose(-1, -2), u))
+    return u, v

@@ -1,12 +1,13 @@
 r"""Balanced Sinkhorn between two large point sets whose cost matrix need not fit in memory.
 
-For ``x`` of shape ``(n, d)`` and ``y`` of shape ``(m, d)`` with uniform marginals, the cost ``C = cost_fn(x, y)`` is
-produced in row chunks of ``chunk_size`` rows. Each iteration makes one pass over the chunks: a chunk's ``f`` is
-updated from the current ``g`` (exactly as in :func:`hf_mltm.ot.sinkhorn`), then its contribution to the column
-log-sum-exp for the next ``g`` is accumulated, so the iterates equal the dense solver's.
+For ``x`` of shape ``(n, d)`` and ``y`` of shape ``(m, d)`` with uniform marginals and cost ``C = cost_fn(x, y)``:
 
-Memory: ``O(chunk_size * m)`` plus, when ``n * m`` cost entries fit in ``cache_bytes``, the cached cost itself
-(then the cost is computed once; otherwise once per iteration).
+- when the ``n x m`` cost fits in ``cache_bytes`` it is computed once and solved by :func:`hf_mltm.ot.sinkhorn`;
+- otherwise it is produced in row chunks of ``chunk_size`` rows, once per iteration. Each pass updates a chunk's
+  ``f`` from the current ``g`` (log-sum-exp, as the dense solver's first iteration) and accumulates the chunk's
+  contribution to the column log-sum-exp for the next ``g``, so the iterates equal the dense log-domain ones.
+
+Memory: ``O(chunk_size * m)``, plus the cost itself when it is cached.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from ._utils import check_epsilon
+from .sinkhorn import sinkhorn
 
 CostFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,7 +42,10 @@ class StreamingPotentials(NamedTuple):
 
 
 class CostChunks:
-    """Row chunks of ``cost_fn(x, y)``, computed in float32/float64 without autograd, cached when small enough."""
+    """Row chunks of ``cost_fn(x, y)``, computed in float32/float64 without autograd.
+
+    When the whole cost fits in ``cache_bytes`` it is computed once (``full``) and the chunks are views of it.
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, cost_fn: CostFn, chunk_size: int, cache_bytes: int) -> None:
         if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
@@ -48,27 +53,21 @@ class CostChunks:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
         self.x, self.y, self.cost_fn, self.chunk_size = x, y, cost_fn, int(chunk_size)
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        self.dtype = dtype
-        entry_bytes = torch.finfo(dtype).bits // 8
-        self._cache: list[torch.Tensor] | None = [] if x.shape[0] * y.shape[0] * entry_bytes <= cache_bytes else None
+        self.dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        entry_bytes = torch.finfo(self.dtype).bits // 8
+        self.full = self._compute(slice(None)) if x.shape[0] * y.shape[0] * entry_bytes <= cache_bytes else None
+
+    def _compute(self, rows: slice) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device_type=self.x.device.type, enabled=False):
+            cost = self.cost_fn(self.x[rows], self.y).to(self.dtype)  # (rows, m)
+        if not bool(torch.isfinite(cost).all()):
+            raise ValueError(f"cost_fn returned NaN or inf for query rows {rows.start}..{rows.stop}.")
+        return cost
 
     def __iter__(self) -> Iterator[tuple[slice, torch.Tensor]]:
-        n = self.x.shape[0]
-        starts = range(0, n, self.chunk_size)
-        if self._cache is not None and len(self._cache) == len(starts):
-            yield from ((slice(s, s + self.chunk_size), c) for s, c in zip(starts, self._cache, strict=True))
-            return
-        fill = self._cache is not None
-        for start in starts:
+        for start in range(0, self.x.shape[0], self.chunk_size):
             rows = slice(start, start + self.chunk_size)
-            with torch.no_grad(), torch.autocast(device_type=self.x.device.type, enabled=False):
-                chunk = self.cost_fn(self.x[rows], self.y).to(self.dtype)  # (chunk, m)
-            if not bool(torch.isfinite(chunk).all()):
-                raise ValueError(f"cost_fn returned NaN or inf for rows {start}..{start + chunk.shape[0] - 1}.")
-            if fill:
-                self._cache.append(chunk)
-            yield rows, chunk
+            yield rows, self.full[rows] if self.full is not None else self._compute(rows)
 
 
 def streaming_sinkhorn(
@@ -91,17 +90,23 @@ def streaming_sinkhorn(
     epsilon = check_epsilon(epsilon)
     n, m = chunks.x.shape[0], chunks.y.shape[0]
     device, dtype = chunks.x.device, chunks.dtype
-    scale = 1.0
     if normalization == "batch_max":
-        scale = max(chunk.max().item() for _, chunk in chunks) or 1.0
-    elif normalization != "none":
+        scale = chunks.full.max().item() if chunks.full is not None else max(c.max().item() for _, c in chunks)
+        scale = scale or 1.0
+    elif normalization == "none":
+        scale = 1.0
+    else:
         raise ValueError(f"Unknown normalization {normalization!r}; use 'none' or 'batch_max'.")
+    if chunks.full is not None:
+        result = sinkhorn(None, None, chunks.full / scale, epsilon, max_iter=max_iter, tol=tol, warn=False)
+        return StreamingPotentials(result.f, result.g, scale, result.n_iter, result.marginal_error.item())
     log_a, log_b = -math.log(n), -math.log(m)
     f = torch.zeros(n, dtype=dtype, device=device)  # scaled potentials f / epsilon
     g = torch.zeros(m, dtype=dtype, device=device)
     inv = 1.0 / (epsilon * scale)
     error, n_iter = float("inf"), 0
-    for n_iter in range(1, max_iter + 1):
+    while n_iter < max_iter and not error < tol:
+        n_iter += 1
         column_lse = torch.full((m,), float("-inf"), dtype=dtype, device=device)
         row_error = 0.0
         for rows, chunk in chunks:
@@ -112,6 +117,4 @@ def streaming_sinkhorn(
             column_lse = torch.logaddexp(column_lse, torch.logsumexp(log_kernel + f_new[:, None], dim=0))
         g = log_b - column_lse
         error = row_error
-        if error < tol:
-            break
     return StreamingPotentials(f=f * epsilon, g=g * epsilon, scale=scale, n_iter=n_iter, marginal_error=error)

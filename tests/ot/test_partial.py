@@ -1,0 +1,101 @@
+import warnings
+
+import numpy as np
+import ot
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hf_mltm.ot import partial_sinkhorn, sinkhorn
+
+from .test_sinkhorn import random_problem
+
+
+def pot_partial_converged(a, b, cost, epsilon, mass):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = ot.partial.entropic_partial_wasserstein(a, b, cost, epsilon, m=mass, numItermax=20000, stopThr=1e-15)
+    ok = (
+        abs(plan.sum() - mass) < 1e-10
+        and (plan.sum(1) <= a + 1e-10).all()
+        and (plan.sum(0) <= b + 1e-10).all()
+    )
+    return plan, ok
+
+
+@pytest.mark.parametrize("epsilon", [0.01, 0.05, 0.5])
+@pytest.mark.parametrize("shape,uniform,mass", [((8, 8), True, 0.7), ((6, 10), False, 0.5), ((12, 5), False, 0.9)])
+def test_plan_equals_pot_entropic_partial_wasserstein(epsilon, shape, uniform, mass):
+    compared = 0
+    for attempt in range(6):
+        a, b, cost = random_problem(np.random.default_rng([shape[0], attempt]), *shape, uniform=uniform)
+        expected, pot_ok = pot_partial_converged(a, b, cost, epsilon, mass)
+        if not pot_ok:
+            continue
+        result = partial_sinkhorn(torch.tensor(a), torch.tensor(b), torch.tensor(cost), epsilon, mass,
+                                  max_iter=20000, tol=1e-11, warn=False)
+        if not result.converged:  # near-degenerate problem at small epsilon: no converged reference to compare
+            continue
+        np.testing.assert_allclose(result.plan.numpy(), expected, atol=1e-6, rtol=0)
+        compared += 1
+    assert compared >= 1
+
+
+def test_full_mass_gives_the_balanced_plan():
+    cost = torch.rand(7, 9, dtype=torch.float64)
+    partial = partial_sinkhorn(None, None, cost, 0.05, 1.0, tol=1e-11, max_iter=100000)
+    balanced = sinkhorn(None, None, cost, 0.05, tol=1e-11, max_iter=100000)
+    torch.testing.assert_close(partial.plan, balanced.plan, atol=1e-8, rtol=0)
+
+
+def test_potentials_identify_active_constraints():
+    cost = torch.rand(10, 10, dtype=torch.float64)
+    result = partial_sinkhorn(None, None, cost, 0.05, 0.6, tol=1e-12, max_iter=100000)
+    rows = result.plan.sum(-1)
+    active = result.f < 0
+    assert active.any() and (~active).any()
+    torch.testing.assert_close(rows[active], torch.full_like(rows[active], 0.1), atol=1e-10, rtol=0)
+    assert (rows[~active] < 0.1).all()
+    assert (result.f <= 0).all() and (result.g <= 0).all()
+
+
+def test_masked_entries_get_zero_mass():
+    cost = torch.rand(5, 6)
+    row_mask = torch.tensor([1, 1, 1, 0, 1], dtype=torch.bool)
+    result = partial_sinkhorn(None, None, cost, 0.05, 0.5, row_mask=row_mask)
+    assert torch.all(result.plan[3] == 0)
+    torch.testing.assert_close(result.plan.sum(), torch.tensor(0.5), atol=1e-6, rtol=0)
+
+
+def test_small_epsilon_large_cost_is_finite():
+    result = partial_sinkhorn(None, None, torch.rand(32, 32) * 10, 0.01, 0.8, max_iter=300, tol=0)
+    assert torch.isfinite(result.log_plan).all() and torch.isfinite(result.h).all()
+
+
+@pytest.mark.parametrize("mass", [0.0, -0.1, 1.2])
+def test_infeasible_mass_raises(mass):
+    with pytest.raises(ValueError, match="mass must be in"):
+        partial_sinkhorn(None, None, torch.rand(3, 3), 0.1, mass)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 10),
+    m=st.integers(1, 10),
+    epsilon=st.floats(0.05, 2.0),
+    mass_fraction=st.floats(0.05, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_partial_constraints_hold(n, m, epsilon, mass_fraction, seed):
+    generator = torch.Generator().manual_seed(seed)
+    cost = torch.rand(n, m, generator=generator, dtype=torch.float64)
+    a = torch.rand(n, generator=generator, dtype=torch.float64) + 0.05
+    b = torch.rand(m, generator=generator, dtype=torch.float64) + 0.05
+    a, b = a / a.sum(), 0.8 * b / b.sum()
+    mass = mass_fraction * 0.8
+    result = partial_sinkhorn(a, b, cost, epsilon, mass, max_iter=100000, tol=1e-9, warn=False)
+    assert result.converged
+    assert (result.plan.sum(-1) <= a + 1e-8).all()
+    assert (result.plan.sum(-2) <= b + 1e-8).all()
+    torch.testing.assert_close(result.plan.sum(), torch.tensor(mass, dtype=torch.float64), atol=1e-8, rtol=0)

@@ -29,8 +29,8 @@ def sq_euclidean_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _safe_sqrt(squared: torch.Tensor) -> torch.Tensor:
     # sqrt has an infinite derivative at 0 (identical points); give those entries value 0 and gradient 0.
-    positive = squared > 0
-    return torch.where(positive, squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt(), torch.zeros_like(squared))
+    # Test for == 0 (not > 0) so that NaN inputs stay NaN instead of silently becoming distance 0.
+    return torch.where(squared == 0, torch.zeros_like(squared), squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt())
 
 
 def euclidean_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

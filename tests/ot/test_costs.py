@@ -31,6 +31,13 @@ def test_euclidean_gradient_is_finite_at_coincident_points():
     assert torch.isfinite(x.grad).all()
 
 
+def test_nan_inputs_give_nan_costs_not_zero():
+    x = torch.randn(3, 4)
+    x[1, 2] = float("nan")
+    for cost in (euclidean_cost(x, torch.randn(2, 4)), mahalanobis_cost(x, torch.randn(2, 4), torch.randn(4, 4))):
+        assert torch.isnan(cost[1]).all() and torch.isfinite(cost[[0, 2]]).all()
+
+
 def test_mahalanobis_equals_brute_force_with_full_non_diagonal_matrix():
     d = 6
     factor = torch.randn(d, d, dtype=torch.float64)

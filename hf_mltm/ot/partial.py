@@ -15,10 +15,14 @@ dual by exact block coordinate ascent (Dykstra's algorithm written in potentials
     g &= \min\big(\varepsilon \log b - \varepsilon \operatorname{LSE}_i((f_i + h - C_{ij})/\varepsilon),\ 0\big) \\
     h &= \varepsilon \log s - \varepsilon \operatorname{LSE}_{ij}((f_i + g_j - C_{ij})/\varepsilon)
 
-Numerics: as in :func:`hf_mltm.ot.sinkhorn`: an exact log-domain first iteration, then scalings of the absorbed kernel
-``K = exp((f + g + h - C)/eps)``: ``u = min(a / (lam K v), e^{-f})``, ``v = min(b / (lam K^T u), e^{-g})``,
-``lam = s / (u^T K v)`` (two matrix-vector products per iteration, O(n m)), absorbed into the potentials only when
-they leave ``[e^-30, e^30]``, with a log-sum-exp fallback; float32 or float64. With ``mass == sum(a) == sum(b)`` the constraints are the balanced ones and
+Numerics: as in :func:`hf_mltm.ot.sinkhorn`: an exact log-domain first iteration, then scalings ``u``, ``v``, ``lam``
+of the absorbed kernel ``K = exp((f + g + h - C)/eps)``, absorbed into the potentials only when they leave
+``[e^-30, e^30]``, with a log-sum-exp fallback; float32 or float64. Each half-iteration maximises the dual *jointly*
+over one side's potentials and the mass potential: for rows, with ``r = K v`` and caps ``u <= e^{-f}``, the row masses
+are ``min(a_i, lam r_i e^{-f_i})`` and ``lam`` solves ``sum_i min(a_i, lam r_i e^{-f_i}) = s`` (a monotone piecewise
+linear equation, solved exactly by sorting its breakpoints, O(n log n)); then ``u = min(a / (lam r), e^{-f})``. The
+columns follow with ``K^T u``. Updating ``h`` separately would zig-zag with ``g`` when ``s`` is close to ``sum(b)``
+(each step shrinks ``lam`` only by ``s / sum(b)``). Two matrix-vector products per iteration, O(n m). With ``mass == sum(a) == sum(b)`` the constraints are the balanced ones and
 the plan equals the balanced Sinkhorn plan. POT's kernel-domain iteration omits the Dykstra correction (the
 ``min(., 0)`` here lets a row regain mass after a global rescaling); the two agree where POT converges.
 """
@@ -181,6 +185,39 @@ def _log_domain_block(
     return f, g, h
 
 
+def _solve_mass_scale(capacity: torch.Tensor, weight: torch.Tensor, mass: float) -> torch.Tensor:
+    """The ``lam > 0`` with ``sum_j min(capacity_j, lam * weight_j) = mass``, per problem: shape ``(...)``.
+
+    ``capacity``, ``weight`` have shape ``(..., k)`` and are non-negative with ``sum(capacity) >= mass``. Between two
+    consecutive breakpoints ``t_j = capacity_j / weight_j`` the sum is ``(saturated capacity) + lam * (remaining
+    weight)``; the first breakpoint where it reaches ``mass`` brackets the root.
+    """
+    big = torch.finfo(weight.dtype).max / (weight.shape[-1] + 1)
+    weight = weight.nan_to_num(nan=0.0, posinf=big).clamp_max(big)
+    breakpoints = safe_divide(capacity, weight).clamp_max(big)
+    order = breakpoints.argsort(-1)
+    breakpoints, capacity, weight = (t.gather(-1, order) for t in (breakpoints, capacity, weight))
+    saturated_before = capacity.cumsum(-1) - capacity
+    remaining_weight = weight.flip(-1).cumsum(-1).flip(-1)
+    reached = saturated_before + breakpoints * remaining_weight >= mass
+    index = torch.where(reached.any(-1), reached.int().argmax(-1), reached.shape[-1] - 1)[..., None]
+    numerator = mass - saturated_before.gather(-1, index)
+    return safe_divide(numerator, remaining_weight.gather(-1, index))[..., 0]
+
+
+def _capped_side_update(
+    kernel_sums: torch.Tensor, capacity: torch.Tensor, cap: torch.Tensor, mass: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact joint update of one side's scalings and the mass scaling: returns ``(scalings, lam)``.
+
+    ``kernel_sums`` ``(..., k)`` are the kernel's sums against the other side's scalings (``K v`` or ``K^T u``),
+    ``capacity`` the marginal (``a`` or ``b``) and ``cap`` the largest allowed scaling (``e^{-f}`` or ``e^{-g}``).
+    """
+    lam = _solve_mass_scale(capacity, kernel_sums * cap, mass)
+    scalings = torch.minimum(safe_divide(capacity, lam[..., None] * kernel_sums), cap)
+    return scalings, lam
+
+
 def _scaling_block(
     kernel: torch.Tensor,
     a: torch.Tensor,
@@ -194,12 +231,9 @@ def _scaling_block(
     f, g, _ = potentials
     u_cap, v_cap = (-f).exp(), (-g).exp()
     u, v, lam = scalings
-    kernel_v = matvec(kernel, v)
     for _ in range(steps):
-        u = torch.minimum(safe_divide(a, lam[..., None] * kernel_v), u_cap)
-        v = torch.minimum(safe_divide(b, lam[..., None] * matvec(kernel.transpose(-1, -2), u)), v_cap)
-        kernel_v = matvec(kernel, v)
-        lam = safe_divide(torch.full_like(lam, mass), (u * kernel_v).sum(-1))
+        u, lam = _capped_side_update(matvec(kernel, v), a, u_cap, mass)
+        v, lam = _capped_side_update(matvec(kernel.transpose(-1, -2), u), b, v_cap, mass)
     return u, v, lam
 
 

@@ -73,6 +73,18 @@ def test_small_epsilon_large_cost_is_finite():
     assert torch.isfinite(result.log_plan).all() and torch.isfinite(result.h).all()
 
 
+def test_mass_close_to_the_total_converges_quickly():
+    # Regression: updating the mass potential separately from g zig-zagged, shrinking the mass scaling only by
+    # mass / sum(b) per iteration (100000 iterations were not enough at mass = 0.99999 * sum(b)).
+    a = torch.ones(1, dtype=torch.float64)
+    b = torch.tensor([0.1, 0.2, 0.25, 0.25], dtype=torch.float64)
+    cost = torch.tensor([[0.3, 0.9, 0.1, 0.5]], dtype=torch.float64)
+    result = partial_sinkhorn(a, b, cost, 1.0, 0.99999 * 0.8, tol=1e-12)
+    assert result.converged and result.n_iter <= 50
+    assert (result.plan.sum(-2) <= b + 1e-12).all()
+    torch.testing.assert_close(result.plan.sum(), torch.tensor(0.99999 * 0.8, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("mass", [0.0, -0.1, 1.2])
 def test_infeasible_mass_raises(mass):
     with pytest.raises(ValueError, match="mass must be in"):

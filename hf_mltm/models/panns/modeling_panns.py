@@ -1,0 +1,440 @@
+"""PANNs audio encoders (Cnn10, Cnn14, ResNet38) and the aisfx 9-layer CNN as a transformers model.
+
+Letters: ``B`` clips, ``T`` input frames, ``M`` mel bins, ``C`` channels, ``t``/``m`` the time/mel resolution after
+the CNN's pooling, ``H`` the embedding size (``config.hidden_size``), ``N`` blocks per clip (block mode).
+
+The log-mel front-end is not part of the model: ``input_features`` come from `MLTMFeatureExtractor`.
+"""
+
+# Adapted from qiuqiangkong/audioset_tagging_cnn@542c8c8:pytorch/models.py (ConvBlock, _ResnetBasicBlock, _ResNet,
+# Cnn10, Cnn14, ResNet38; torchlibrosa's SpecAugmentation) and from aisfx==0.1.2:aisfx/models/cnn2d.py
+# (EmbeddingNet, whose blocks aisfx/inference.py embeds one by one).
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_panns import PannsConfig
+
+__all__ = ["PannsModel", "PannsPreTrainedModel"]
+
+
+def _keep_mask(lengths: torch.LongTensor, size: int) -> torch.BoolTensor:
+    """``(B, size)`` mask, true at positions ``< lengths``."""
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def _mask_time(hidden_states: torch.Tensor, lengths: torch.LongTensor | None) -> torch.Tensor:
+    """Zero the time steps of ``hidden_states`` ``(B, C, t, m)`` at or beyond ``lengths`` ``(B,)``.
+
+    Uses ``masked_fill`` (not a product) so that NaN or inf in padding cannot leak through.
+    """
+    if lengths is None:
+        return hidden_states
+    keep = _keep_mask(lengths, hidden_states.shape[2])  # (B, t)
+    return hidden_states.masked_fill(~keep[:, None, :, None], 0.0)
+
+
+def _divide_lengths(lengths: torch.LongTensor | None, factor: int) -> torch.LongTensor | None:
+    """Valid time steps after a pooling of ``factor`` (floor, as ``avg_pool2d``/``max_pool2d``)."""
+    return None if lengths is None else torch.div(lengths, factor, rounding_mode="floor")
+
+
+def _drop_stripes(
+    batch_size: int, size: int, drop_width: int, stripes_num: int, device: torch.device
+) -> torch.Tensor:
+    """Random stripes of SpecAugment along one axis, as torchlibrosa's ``DropStripes``.
+
+    Each of ``stripes_num`` stripes per clip has a width drawn uniformly from ``[0, drop_width)`` (capped at
+    ``size - 1``) and a start drawn uniformly from ``[0, size - width)``.
+
+    Returns:
+        `torch.BoolTensor` of shape ``(B, size)``: true where the input is zeroed.
+    """
+    widths = torch.randint(0, drop_width, (batch_size, stripes_num), device=device).clamp(max=size - 1)
+    starts = (torch.rand(batch_size, stripes_num, device=device) * (size - widths)).long()  # (B, stripes)
+    positions = torch.arange(size, device=device)[None, None, :]  # (1, 1, size)
+    ends = (starts + widths)[..., None]  # (B, stripes, 1)
+    inside = (positions >= starts[..., None]) & (positions < ends)  # (B, stripes, size)
+    return inside.any(dim=1)
+
+
+class PannsSpecAugment(nn.Module):
+    """SpecAugment (Park et al., 2019) as in PANNs: zero random time and mel stripes, in training mode only."""
+
+    def __init__(self, config: PannsConfig):
+        super().__init__()
+        self.time_drop_width = config.spec_augment_time_drop_width
+        self.time_stripes_num = config.spec_augment_time_stripes_num
+        self.freq_drop_width = config.spec_augment_freq_drop_width
+        self.freq_stripes_num = config.spec_augment_freq_stripes_num
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Zero stripes of ``hidden_states`` ``(B, 1, T, M)``; the identity in eval mode."""
+        if not self.training:
+            return hidden_states
+        batch_size, _, num_frames, num_mels = hidden_states.shape
+        device = hidden_states.device
+        drop_time = _drop_stripes(batch_size, num_frames, self.time_drop_width, self.time_stripes_num, device)
+        drop_freq = _drop_stripes(batch_size, num_mels, self.freq_drop_width, self.freq_stripes_num, device)
+        drop = drop_time[:, None, :, None] | drop_freq[:, None, None, :]  # (B, 1, T, M)
+        return hidden_states.masked_fill(drop, 0.0)
+
+
+class PannsConvBlock(GradientCheckpointingLayer):
+    """Two 3x3 conv + BatchNorm + ReLU, then 2x2 pooling (or none) and dropout (PANNs ``ConvBlock``).
+
+    With ``lengths`` given, time steps at or beyond them are zeroed before each convolution, so a padded clip
+    gives exactly the values of the unpadded clip at its valid positions.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, pool_size: int, pool_type: str, dropout_prob: float
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.pool_size = pool_size
+        self.pool_type = pool_type
+        self.dropout = nn.Dropout(dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None = None) -> torch.Tensor:
+        """Map ``(B, C_in, t, m)`` to ``(B, C_out, t // pool, m // pool)``; ``lengths`` ``(B,)`` counts valid t."""
+        hidden_states = F.relu(self.bn1(self.conv1(_mask_time(hidden_states, lengths))))
+        hidden_states = F.relu(self.bn2(self.conv2(_mask_time(hidden_states, lengths))))
+        if self.pool_size > 1:
+            pool = F.avg_pool2d if self.pool_type == "avg" else F.max_pool2d
+            hidden_states = pool(hidden_states, kernel_size=self.pool_size)
+        return self.dropout(hidden_states)
+
+
+class PannsResNetShortcut(nn.Module):
+    """Projection shortcut of a ResNet block: [2x2 average pool,] 1x1 conv, BatchNorm (PANNs ``downsample``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.stride == 2:
+            hidden_states = F.avg_pool2d(hidden_states, kernel_size=2)
+        return self.bn(self.conv(hidden_states))
+
+
+class PannsResidualBatchNorm(nn.BatchNorm2d):
+    """The BatchNorm closing a residual branch: initialised to zero scale, so the branch starts as zero (PANNs)."""
+
+
+class PannsResNetBasicBlock(GradientCheckpointingLayer):
+    """ResNet basic block of PANNs (``_ResnetBasicBlock``): downsampling by 2x2 average pooling, not strides.
+
+    ``out = ReLU(BN(conv3x3(dropout(ReLU(BN(conv3x3(pool(x))))))) + shortcut(x))``; ``bn2`` starts at zero scale.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, dropout_prob: float):
+        super().__init__()
+        self.stride = stride
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = PannsResidualBatchNorm(out_channels)
+        self.dropout = nn.Dropout(dropout_prob)
+        needs_projection = stride != 1 or in_channels != out_channels
+        self.shortcut = PannsResNetShortcut(in_channels, out_channels, stride) if needs_projection else None
+
+    def forward(self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None = None) -> torch.Tensor:
+        """Map ``(B, C_in, t, m)`` to ``(B, C_out, t // stride, m // stride)``; ``lengths`` counts valid input t."""
+        out = F.avg_pool2d(hidden_states, kernel_size=2) if self.stride == 2 else hidden_states
+        out_lengths = _divide_lengths(lengths, self.stride)
+        out = self.dropout(F.relu(self.bn1(self.conv1(_mask_time(out, out_lengths)))))
+        out = self.bn2(self.conv2(_mask_time(out, out_lengths)))
+        identity = hidden_states if self.shortcut is None else self.shortcut(hidden_states)
+        return F.relu(out + identity)
+
+
+class PannsCnnEncoder(nn.Module):
+    """Cnn10 / Cnn14 / aisfx9 body: ``len(config.channels)`` conv blocks."""
+
+    def __init__(self, config: PannsConfig):
+        super().__init__()
+        spec = config.variant_spec
+        widths = [1, *config.channels]
+        num_blocks = len(config.channels)
+        self.blocks = nn.ModuleList(
+            PannsConvBlock(
+                widths[index],
+                widths[index + 1],
+                pool_size=2 if index < num_blocks - 1 or spec.pool_last_block else 1,
+                pool_type=spec.conv_pool,
+                dropout_prob=config.hidden_dropout_prob,
+            )
+            for index in range(num_blocks)
+        )
+        self.time_reduction = 2 ** sum(block.pool_size > 1 for block in self.blocks)
+
+    def forward(
+        self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None
+    ) -> tuple[torch.Tensor, torch.LongTensor | None]:
+        """Map ``(B, 1, T, M)`` to ``(B, C, t, m)`` and valid input frames ``(B,)`` to valid steps ``(B,)``."""
+        for block in self.blocks:
+            hidden_states = block(hidden_states, lengths)
+            lengths = _divide_lengths(lengths, block.pool_size)
+        return hidden_states, lengths
+
+
+class PannsResNetEncoder(nn.Module):
+    """ResNet38 body: stem conv block, four stages of basic blocks, 2x2 average pool, head conv block."""
+
+    def __init__(self, config: PannsConfig):
+        super().__init__()
+        stem_width, *stage_widths, head_width = config.channels
+        self.stem = PannsConvBlock(1, stem_width, 2, "avg", config.hidden_dropout_prob)
+        in_widths = [stem_width, *stage_widths[:-1]]
+        self.stages = nn.ModuleList(
+            nn.ModuleList(
+                PannsResNetBasicBlock(
+                    in_widths[stage] if block == 0 else width,
+                    width,
+                    stride=2 if block == 0 and stage > 0 else 1,
+                    dropout_prob=config.resnet_block_dropout_prob,
+                )
+                for block in range(depth)
+            )
+            for stage, (width, depth) in enumerate(zip(stage_widths, config.resnet_layers, strict=True))
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.head = PannsConvBlock(stage_widths[-1], head_width, 1, "avg", config.hidden_dropout_prob)
+        # Pooled by 2 in the stem, in every stage but the first and before the head.
+        self.time_reduction = 2 ** (len(stage_widths) + 1)
+
+    def forward(
+        self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None
+    ) -> tuple[torch.Tensor, torch.LongTensor | None]:
+        """Map ``(B, 1, T, M)`` to ``(B, C, t, m)`` and valid input frames ``(B,)`` to valid steps ``(B,)``."""
+        hidden_states = self.stem(hidden_states, lengths)
+        lengths = _divide_lengths(lengths, 2)
+        for stage in self.stages:
+            for block in stage:
+                hidden_states = block(hidden_states, lengths)
+                lengths = _divide_lengths(lengths, block.stride)
+        hidden_states = self.dropout(F.avg_pool2d(hidden_states, kernel_size=2))
+        lengths = _divide_lengths(lengths, 2)
+        return self.head(hidden_states, lengths), lengths
+
+
+class PannsPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading for PANNs models."""
+
+    config_class = PannsConfig
+    base_model_prefix = "panns"
+    main_input_name = "input_features"
+    input_modalities = "audio"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PannsConvBlock", "PannsResNetBasicBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """PANNs initialisation: Xavier-uniform conv/linear weights, zero biases, unit BatchNorms.
+
+        As PANNs' ``_ResnetBasicBlock.init_weights``, the second BatchNorm of each basic block
+        (`PannsResidualBatchNorm`) starts at zero scale, so every residual block starts as ReLU(shortcut). (aisfx
+        used Kaiming-uniform; only the starting point of training differs.) transformers calls this only on modules
+        that own parameters, hence the dedicated BatchNorm class rather than a check on the block.
+        """
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            (init.zeros_ if isinstance(module, PannsResidualBatchNorm) else init.ones_)(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+
+
+class PannsModel(PannsPreTrainedModel):
+    r"""PANNs CNN (Cnn10, Cnn14, ResNet38) or aisfx's 9-layer CNN over log-mel spectrograms.
+
+    Forward pass (PANNs ``Cnn14.forward`` / ``ResNet38.forward`` without the front-end and the AudioSet head):
+    ``input_features`` ``(B, T, M)`` -> ``bn0`` (BatchNorm with the mel bins as channels) -> SpecAugment (training)
+    -> CNN ``(B, C, t, m)`` -> mean over mel ``(B, t, C)`` = ``last_hidden_state`` -> max over time + mean over time
+    (aisfx9: max only) -> [dropout, ``ReLU(fc1)``, dropout if ``config.use_fc1``] -> ``pooler_output`` ``(B, H)``.
+
+    Padding: pass the frame mask as ``attention_mask`` (or ``audio_attention_mask``, the name
+    `MLTMFeatureExtractor` gives it); padding must be on the right. Padded frames are zeroed before every
+    convolution and excluded from the time max and mean, so in eval mode a padded clip gives the embedding of the
+    unpadded clip, whatever the padding holds. In training mode BatchNorm batch statistics and SpecAugment
+    still see the padded frames. The valid length of ``last_hidden_state`` is `get_output_lengths`.
+
+    Block mode (``config.block_frames``, as set by ``convert_aisfx_checkpoint.py``): frames beyond a clip's length
+    are zeroed, the clip is cut into blocks of ``block_frames`` frames every ``block_hop_frames`` frames exactly as
+    aisfx's ``blocking`` with ``drop_partial_block=True`` (``1 + max(0, (L - block_frames) // hop)`` blocks for
+    ``L`` valid frames; a clip shorter than one block is zero-padded to one block), every block is embedded as a
+    clip of its own and the clip embedding is the mean of its block embeddings. ``last_hidden_state`` is then the
+    block embeddings ``(B, N, H)``, zero for blocks beyond a clip's count.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_mltm.models.panns import PannsConfig, PannsModel
+    >>> config = PannsConfig(variant="cnn10", channels=[8, 8, 16, 16])
+    >>> model = PannsModel(config).eval()
+    >>> output = model(torch.randn(2, 64, 64))
+    >>> output.last_hidden_state.shape, output.pooler_output.shape
+    (torch.Size([2, 4, 16]), torch.Size([2, 16]))
+
+    ```
+    """
+
+    def __init__(self, config: PannsConfig):
+        super().__init__(config)
+        spec = config.variant_spec
+        self.bn0 = nn.BatchNorm2d(config.num_mel_bins) if spec.has_bn0 else None
+        self.spec_augmenter = PannsSpecAugment(config) if config.spec_augment else None
+        self.encoder = (
+            PannsResNetEncoder(config) if spec.architecture == "resnet" else PannsCnnEncoder(config)
+        )
+        self.fc_dropout = nn.Dropout(config.fc_dropout_prob)
+        self.fc1 = nn.Linear(config.hidden_size, config.hidden_size) if config.use_fc1 else None
+        self.post_init()
+
+    def get_output_lengths(self, frame_lengths: torch.LongTensor) -> torch.LongTensor:
+        """Valid length of ``last_hidden_state`` for clips of ``frame_lengths`` ``(B,)`` valid input frames.
+
+        Returns:
+            `torch.LongTensor` of shape ``(B,)``: time steps after the CNN's pooling (at least 1), or the number of
+            blocks in block mode.
+        """
+        if self.config.block_frames is not None:
+            return self._num_blocks(frame_lengths)
+        return _divide_lengths(frame_lengths, self.encoder.time_reduction).clamp(min=1)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_features: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        audio_attention_mask: torch.Tensor | None = None,
+    ) -> BaseModelOutputWithPooling:
+        r"""Embed log-mel spectrograms.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape ``(B, T, M)``): Log-mel frames, ``M =
+                config.num_mel_bins``.
+            attention_mask (`torch.Tensor` of shape ``(B, T)``, *optional*): 1 for real frames, 0 for right padding.
+            audio_attention_mask (`torch.Tensor` of shape ``(B, T)``, *optional*): Alias of ``attention_mask``.
+
+        Returns:
+            `BaseModelOutputWithPooling` with ``last_hidden_state`` ``(B, t, C)`` (frame features after the mel mean,
+            zero beyond `get_output_lengths`; ``(B, N, H)`` block embeddings in block mode) and ``pooler_output``
+            ``(B, H)``, the clip embedding.
+        """
+        lengths = self._frame_lengths(input_features, attention_mask, audio_attention_mask)
+        input_features = input_features.to(self.dtype)
+        if self.config.block_frames is not None:
+            return self._forward_blocks(input_features, lengths)
+        frame_states, embeddings = self._embed_clips(input_features, lengths)
+        return BaseModelOutputWithPooling(last_hidden_state=frame_states, pooler_output=embeddings)
+
+    def _frame_lengths(
+        self,
+        input_features: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        audio_attention_mask: torch.Tensor | None,
+    ) -> torch.LongTensor | None:
+        """Check the input and return the valid frames per clip ``(B,)``, or `None` without a mask."""
+        if input_features.ndim != 3 or input_features.shape[-1] != self.config.num_mel_bins:
+            raise ValueError(
+                f"input_features must have shape (batch, frames, {self.config.num_mel_bins}), "
+                f"got {tuple(input_features.shape)}."
+            )
+        if attention_mask is not None and audio_attention_mask is not None:
+            raise ValueError("Pass the frame mask as attention_mask or audio_attention_mask, not both.")
+        mask = attention_mask if attention_mask is not None else audio_attention_mask
+        if mask is None:
+            return None
+        if mask.shape != input_features.shape[:2]:
+            raise ValueError(
+                f"attention_mask must have shape {tuple(input_features.shape[:2])}, got {tuple(mask.shape)}."
+            )
+        return mask.to(device=input_features.device, dtype=torch.long).sum(dim=-1)
+
+    def _embed_clips(
+        self, input_features: torch.Tensor, lengths: torch.LongTensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame features ``(B, t, C)`` and embeddings ``(B, H)`` of clips ``(B, T, M)`` with ``lengths`` ``(B,)``."""
+        if min(input_features.shape[1:]) < self.encoder.time_reduction:
+            raise ValueError(
+                f"{self.config.variant} pools time and mel by {self.encoder.time_reduction}: it needs at least that "
+                f"many frames (per block in block mode) and mel bins, got {tuple(input_features.shape[1:])}."
+            )
+        hidden_states = input_features.unsqueeze(1)  # (B, 1, T, M)
+        if self.bn0 is not None:
+            hidden_states = self.bn0(hidden_states.transpose(1, 3)).transpose(1, 3)  # BatchNorm over mel bins
+        if self.spec_augmenter is not None:
+            hidden_states = self.spec_augmenter(hidden_states)
+        hidden_states, lengths = self.encoder(hidden_states, lengths)  # (B, C, t, m)
+        frame_states = hidden_states.mean(dim=3).transpose(1, 2)  # (B, t, C)
+        if lengths is not None:
+            lengths = lengths.clamp(min=1)
+            frame_states = frame_states.masked_fill(
+                ~_keep_mask(lengths, frame_states.shape[1])[..., None], 0.0
+            )
+        embeddings = self._pool_time(frame_states, lengths)  # (B, C)
+        if self.fc1 is not None:
+            embeddings = self.fc_dropout(F.relu(self.fc1(self.fc_dropout(embeddings))))
+        return frame_states, embeddings
+
+    def _pool_time(self, frame_states: torch.Tensor, lengths: torch.LongTensor | None) -> torch.Tensor:
+        """Max (+ mean) over the valid time steps of ``frame_states`` ``(B, t, C)`` (zero beyond ``lengths``)."""
+        if lengths is None:
+            pooled_max = frame_states.amax(dim=1)
+            pooled_mean = frame_states.mean(dim=1)
+        else:
+            keep = _keep_mask(lengths, frame_states.shape[1])[..., None]  # (B, t, 1)
+            pooled_max = frame_states.masked_fill(~keep, float("-inf")).amax(dim=1)
+            pooled_mean = frame_states.sum(dim=1) / lengths[:, None].to(frame_states.dtype)
+        if self.config.variant_spec.time_pooling == "max":
+            return pooled_max
+        return pooled_max + pooled_mean
+
+    def _num_blocks(self, frame_lengths: torch.LongTensor) -> torch.LongTensor:
+        """aisfx's block count with ``drop_partial_block=True``: ``1 + max(0, (L - block) // hop)``."""
+        extra = torch.div(
+            frame_lengths - self.config.block_frames, self.config.block_hop_frames, rounding_mode="floor"
+        )
+        return 1 + extra.clamp(min=0)
+
+    def _forward_blocks(
+        self, input_features: torch.Tensor, lengths: torch.LongTensor | None
+    ) -> BaseModelOutputWithPooling:
+        """Block mode: embed every block of every clip and average the block embeddings per clip."""
+        batch_size, num_frames, _ = input_features.shape
+        block, hop = self.config.block_frames, self.config.block_hop_frames
+        if lengths is None:
+            lengths = torch.full((batch_size,), num_frames, dtype=torch.long, device=input_features.device)
+        else:
+            keep = _keep_mask(lengths, num_frames)  # (B, T)
+            input_features = input_features.masked_fill(~keep[..., None], 0.0)
+        num_blocks = self._num_blocks(lengths)  # (B,)
+        max_blocks = int(num_blocks.max())
+        padded_frames = max(num_frames, (max_blocks - 1) * hop + block)
+        input_features = F.pad(input_features, (0, 0, 0, padded_frames - num_frames))  # zeros, as aisfx
+        blocks = input_features.unfold(1, block, hop)[:, :max_blocks].transpose(2, 3)  # (B, N, block, M)
+        valid = _keep_mask(num_blocks, max_blocks)  # (B, N)
+        _, block_embeddings = self._embed_clips(blocks[valid], None)  # (valid blocks, H)
+        block_states = block_embeddings.new_zeros(batch_size, max_blocks, block_embeddings.shape[-1])
+        block_states[valid] = block_embeddings  # (B, N, H)
+        pooled = block_states.sum(dim=1) / num_blocks[:, None].to(block_states.dtype)
+        return BaseModelOutputWithPooling(last_hidden_state=block_states, pooler_output=pooled)

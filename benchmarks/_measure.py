@@ -70,9 +70,10 @@ def measure(run: Callable[[], object], repeats: int, warmup: int = 1) -> dict[st
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
-def peak_memory(run: Callable[[], object]) -> float:
+def peak_memory(run: Callable[[], object], warmup: bool = True) -> float:
     """Peak MB above the entry level during one call of ``run`` (call it in a :func:`memory_child`)."""
-    run()  # warm caches and lazy initialisation
+    if warmup:  # warm caches and lazy initialisation
+        run()
     with PeakMemory() as memory:
         run()
     return memory.megabytes

@@ -117,6 +117,7 @@ def matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
 
 
 def scalings_are_safe(*scalings: torch.Tensor) -> bool:
-    """Whether scaling vectors stayed finite and within float range (else the caller falls back to the log domain)."""
+    """Whether scaling vectors stayed non-negative, finite and within float range (else the caller falls back to the
+    log domain)."""
     limit = torch.finfo(scalings[0].dtype).max ** 0.5
-    return all(bool(torch.isfinite(s).all()) and bool((s < limit).all()) for s in scalings)
+    return all(bool(((s >= 0) & (s < limit)).all()) for s in scalings)

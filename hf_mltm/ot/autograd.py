@@ -17,8 +17,9 @@ equations (row sums on ``S``, column sums on ``T``, total mass) gives, with ``H`
     \qquad H \nu = -(T 1_S,\ T^\top 1_T,\ 1^\top T 1), \qquad
     \partial \mathrm{KL} / \partial C = \big(T + P \odot (\nu_i + \nu_j + \nu_h)\big) / \varepsilon.
 
-``H`` has size ``|S| + |T| + 1 <= n + m + 1`` and is solved once in float64 (pseudo-inverse, so the gauge freedom
-of the balanced case ``mass = 1`` is harmless): O((n + m)^3) for the backward, O(n m) per forward iteration.
+``H`` has size ``|S| + |T| + 1 <= n + m + 1`` and is solved once in float64 by Cholesky with a 1e-12 relative ridge
+(harmless for the gauge freedom of the balanced case ``mass = 1``, see ``_partial_adjoint``): O((n + m)^3) for the
+backward, O(n m) per forward iteration.
 This assumes strict complementarity (no row exactly at its capacity with a zero potential), which holds generically.
 """
 
@@ -81,7 +82,11 @@ def _partial_adjoint(plan: torch.Tensor, target: torch.Tensor, f: torch.Tensor, 
     hessian[size_s:-1, -1] = hessian[-1, size_s:-1] = col_sums[cols_active]
     hessian[-1, -1] = plan64.sum()
     rhs = -torch.cat([target64.sum(1)[rows_active], target64.sum(0)[cols_active], target64.sum().reshape(1)])
-    nu = torch.linalg.pinv(hessian, hermitian=True) @ rhs
+    # H is positive definite except for the gauge direction of the balanced case (mass = sum(a) = sum(b)); the
+    # right-hand side is orthogonal to that null space and null components do not change P * (nu_i + nu_j + nu_h),
+    # so a tiny ridge and a Cholesky solve give the exact gradient.
+    hessian.diagonal().add_(1e-12 * hessian.diagonal().mean())
+    nu = torch.cholesky_solve(rhs[:, None], torch.linalg.cholesky(hessian))[:, 0]
     nu_rows = plan64.new_zeros(plan.shape[0]).masked_scatter(rows_active, nu[:size_s])
     nu_cols = plan64.new_zeros(plan.shape[1]).masked_scatter(cols_active, nu[size_s:-1])
     return plan64 * (nu_rows[:, None] + nu_cols[None, :] + nu[-1])

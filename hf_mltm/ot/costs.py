@@ -154,24 +154,28 @@ class MahalanobisMetric(nn.Module):
         self.rank = rank if parametrization == "lowrank" else None
         shape = {"diagonal": (dim,), "full": (dim, dim), "lowrank": (rank, dim), "projected": (dim, dim)}
         self.weight = nn.Parameter(torch.empty(shape[parametrization]))
-        self.reset_parameters()
+        if not self.weight.is_meta:  # models built on the meta device initialise it later (transformers' _init_weights)
+            self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """(Re-)initialise ``weight`` according to ``init``."""
+    def initial_weight(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The initial value of ``weight`` according to ``init`` (float32, on the CPU)."""
         d = self.dim
         if self.parametrization == "diagonal":
             target = torch.ones(d) if self.init == "identity" else paper_initial_matrix(d, generator).diagonal()
-            value = target + torch.log(-torch.expm1(-target))  # inverse softplus
-        elif self.init == "paper":
+            return target + torch.log(-torch.expm1(-target))  # inverse softplus
+        if self.init == "paper":
             matrix = paper_initial_matrix(d, generator)
-            value = matrix if self.parametrization == "projected" else _psd_factor(matrix, self.rank)
-        elif self.parametrization == "lowrank":
+            return matrix if self.parametrization == "projected" else _psd_factor(matrix, self.rank)
+        if self.parametrization == "lowrank":
             directions, _ = torch.linalg.qr(torch.randn(d, self.rank, generator=generator))
-            value = directions.T * math.sqrt(d / self.rank)
-        else:
-            value = torch.eye(d)
-        self.weight.copy_(value.to(self.weight.dtype))
+            return directions.T * math.sqrt(d / self.rank)
+        return torch.eye(d)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """(Re-)initialise ``weight`` with :meth:`initial_weight`."""
+        self.weight.copy_(self.initial_weight(generator).to(self.weight.dtype))
 
     def factor(self) -> torch.Tensor | None:
         """``L`` with ``M = L^T L``: shape ``(d,)`` (diagonal square roots), ``(d, d)`` or ``(r, d)``; `None` for

@@ -22,7 +22,8 @@ over one side's potentials and the mass potential: for rows, with ``r = K v`` an
 are ``min(a_i, lam r_i e^{-f_i})`` and ``lam`` solves ``sum_i min(a_i, lam r_i e^{-f_i}) = s`` (a monotone piecewise
 linear equation, solved exactly by sorting its breakpoints, O(n log n)); then ``u = min(a / (lam r), e^{-f})``. The
 columns follow with ``K^T u``. Updating ``h`` separately would zig-zag with ``g`` when ``s`` is close to ``sum(b)``
-(each step shrinks ``lam`` only by ``s / sum(b)``). Two matrix-vector products per iteration, O(n m). With ``mass == sum(a) == sum(b)`` the constraints are the balanced ones and
+(each step shrinks ``lam`` only by ``s / sum(b)``). Two matrix-vector products per iteration, O(n m). Updates are
+over-relaxed with the adaptive factor of :func:`hf_mltm.ot.sinkhorn` (same fixed point). With ``mass == sum(a) == sum(b)`` the constraints are the balanced ones and
 the plan equals the balanced Sinkhorn plan. POT's kernel-domain iteration omits the Dykstra correction (the
 ``min(., 0)`` here lets a row regain mass after a global rescaling); the two agree where POT converges.
 """
@@ -45,7 +46,7 @@ from ._utils import (
     scalings_are_safe,
 )
 from .result import OTResult
-from .sinkhorn import _check_iterations, _needs_absorption
+from .sinkhorn import _check_iterations, _needs_absorption, _Overrelaxation
 
 Potentials = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # scaled f (..., n), g (..., m), h (...)
 
@@ -109,16 +110,19 @@ def partial_sinkhorn(
         potentials = _log_domain_block(log_kernel, log_a, log_b, log_mass, (f_scaled, g_scaled, h_scaled), 1)
         kernel = _absorbed_kernel(log_kernel, *potentials)
         scalings = (torch.ones_like(a), torch.ones_like(b), torch.ones_like(h_scaled))
-        n_iter = 1
+        n_iter, relaxation = 1, _Overrelaxation()
         while True:
             marginal_error = _kkt_error(kernel, a, b, mass, potentials, scalings)
-            if n_iter >= max_iter or (tol > 0 and marginal_error.max().item() < tol):
+            error = marginal_error.max().item()
+            if n_iter >= max_iter or (tol > 0 and error < tol):
                 break
             steps = min(int(check_every), int(max_iter) - n_iter)
-            new_scalings = _scaling_block(kernel, a, b, mass, potentials, scalings, steps)
+            omega = relaxation.update(error, steps)
+            new_scalings = _scaling_block(kernel, a, b, mass, potentials, scalings, steps, omega)
             if scalings_are_safe(*new_scalings):
                 scalings = new_scalings
-            else:  # redo the block in the log domain from the last safe scalings
+            else:  # redo the block in the log domain from the last safe scalings, without over-relaxation
+                relaxation.disable()
                 potentials = _log_domain_block(log_kernel, log_a, log_b, log_mass, _absorb(potentials, scalings), steps)
                 scalings = tuple(torch.ones_like(s) for s in scalings)
                 kernel = _absorbed_kernel(log_kernel, *potentials)
@@ -195,14 +199,15 @@ def _solve_mass_scale(capacity: torch.Tensor, weight: torch.Tensor, mass: float)
     big = torch.finfo(weight.dtype).max / (weight.shape[-1] + 1)
     weight = weight.nan_to_num(nan=0.0, posinf=big).clamp_max(big)
     breakpoints = safe_divide(capacity, weight).clamp_max(big)
-    order = breakpoints.argsort(-1)
-    breakpoints, capacity, weight = (t.gather(-1, order) for t in (breakpoints, capacity, weight))
+    breakpoints, order = breakpoints.sort(-1)
+    capacity, weight = capacity.gather(-1, order), weight.gather(-1, order)
     saturated_before = capacity.cumsum(-1) - capacity
-    remaining_weight = weight.flip(-1).cumsum(-1).flip(-1)
-    reached = saturated_before + breakpoints * remaining_weight >= mass
-    index = torch.where(reached.any(-1), reached.int().argmax(-1), reached.shape[-1] - 1)[..., None]
-    numerator = mass - saturated_before.gather(-1, index)
-    return safe_divide(numerator, remaining_weight.gather(-1, index))[..., 0]
+    remaining_weight = weight.flip(-1).cumsum(-1).flip(-1)  # suffix sums (no cancellation with huge weights)
+    # the sum at each breakpoint is non-decreasing: the first one reaching the mass brackets the root
+    at_breakpoints = (saturated_before + breakpoints * remaining_weight).contiguous()
+    target = torch.full_like(at_breakpoints[..., :1], mass)
+    index = torch.searchsorted(at_breakpoints, target).clamp_max(at_breakpoints.shape[-1] - 1)
+    return safe_divide(target - saturated_before.gather(-1, index), remaining_weight.gather(-1, index))[..., 0]
 
 
 def _capped_side_update(
@@ -226,14 +231,27 @@ def _scaling_block(
     potentials: Potentials,
     scalings: Potentials,
     steps: int,
+    omega: float = 1.0,
 ) -> Potentials:
-    """``steps`` iterations as scalings ``u <= e^{-f}``, ``v <= e^{-g}``, ``lam`` of the absorbed kernel."""
+    """``steps`` iterations as scalings ``u <= e^{-f}``, ``v <= e^{-g}``, ``lam`` of the absorbed kernel.
+
+    With ``omega > 1`` each side's update but the block's last moves ``omega`` times the exact update in the log
+    domain (``u <- min(u (u* / u)^omega, e^{-f})``), and ``lam`` is then reset so that the mass is exact.
+    """
     f, g, _ = potentials
     u_cap, v_cap = (-f).exp(), (-g).exp()
     u, v, lam = scalings
-    for _ in range(steps):
-        u, lam = _capped_side_update(matvec(kernel, v), a, u_cap, mass)
-        v, lam = _capped_side_update(matvec(kernel.transpose(-1, -2), u), b, v_cap, mass)
+    for step in range(steps):
+        relax = omega != 1.0 and step != steps - 1
+        target, lam = _capped_side_update(matvec(kernel, v), a, u_cap, mass)
+        u = torch.minimum(u * safe_divide(target, u).pow(omega), u_cap) if relax else target
+        column_sums = matvec(kernel.transpose(-1, -2), u)
+        target, lam = _capped_side_update(column_sums, b, v_cap, mass)
+        if relax:
+            v = torch.minimum(v * safe_divide(target, v).pow(omega), v_cap)
+            lam = safe_divide(torch.full_like(lam, mass), (v * column_sums).sum(-1))
+        else:
+            v = target
     return u, v, lam
 
 

@@ -20,7 +20,11 @@ two matrix-vector products per iteration instead of two log-sum-exp passes. The 
 relative precision, which float32 potentials of magnitude ~10 could not (their ulp is ~1e-6). Should scalings leave
 the float range, the iterations are redone with log-sum-exp updates. ``log_plan = (f + g - C)/eps`` is computed in
 the log domain, so small ``epsilon`` (0.01 and below) and unnormalised costs are safe. Convergence is checked every
-``check_every`` iterations on the marginals of ``K * u v^T`` (one extra matrix-vector product per check). The solver
+``check_every`` iterations on the marginals of ``K * u v^T`` (one extra matrix-vector product per check). Once the
+linear convergence rate ``rho`` of the plain iteration has been measured (third check), the updates are
+over-relaxed with ``omega = 2 / (1 + sqrt(1 - rho))`` (successive over-relaxation, Thibault et al. 2017, Lehmann et
+al. 2022), refined adaptively and backed off if the error grows tenfold (``_Overrelaxation``); this cuts the
+iterations on nearly-diagonal batch plans several-fold and does not change the fixed point. The solver
 computes in float32 (float64 for float64 input) even inside an autocast region. Memory is O(n m) per problem. The
 loop is autograd-transparent: with grad enabled it is differentiated by unrolling (use this only to verify the
 closed-form gradients of :mod:`hf_mltm.ot.losses`).
@@ -28,6 +32,7 @@ closed-form gradients of :mod:`hf_mltm.ot.losses`).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -127,18 +132,21 @@ def sinkhorn(
         f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled, g_scaled, 1)
         kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
         u, v = torch.ones_like(a), torch.ones_like(b)
-        n_iter = 1
+        n_iter, relaxation = 1, _Overrelaxation()
         while True:
             plan_rows = u * matvec(kernel, v)
             plan_cols = v * matvec(kernel.transpose(-1, -2), u)
             marginal_error = (plan_rows - a).abs().sum(-1) + (plan_cols - b).abs().sum(-1)
-            if n_iter >= max_iter or (tol > 0 and marginal_error.max().item() < tol):
+            error = marginal_error.max().item()
+            if n_iter >= max_iter or (tol > 0 and error < tol):
                 break
             steps = min(int(check_every), int(max_iter) - n_iter)
-            new_u, new_v = _scaling_block(kernel, a, b, v, steps)
+            omega = relaxation.update(error, steps)
+            new_u, new_v = _scaling_block(kernel, a, b, u, v, steps, omega)
             if scalings_are_safe(new_u, new_v):
                 u, v = new_u, new_v
-            else:  # redo the block in the log domain from the last safe scalings
+            else:  # redo the block in the log domain from the last safe scalings, without over-relaxation
+                relaxation.disable()
                 f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled + u.log(),
                                                        g_scaled + v.log(), steps)
                 u, v = torch.ones_like(a), torch.ones_like(b)
@@ -195,10 +203,59 @@ def _log_domain_block(
 
 
 def _scaling_block(
-    kernel: torch.Tensor, a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, steps: int
+    kernel: torch.Tensor, a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, v: torch.Tensor, steps: int,
+    omega: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``steps`` Sinkhorn iterations as scalings ``u``, ``v`` of the absorbed kernel ``(..., n, m)``, from ``v``."""
-    for _ in range(steps):
-        u = safe_divide(a, matvec(kernel, v))
-        v = safe_divide(b, matvec(kernel.transpose(-1, -2), u))
+    """``steps`` Sinkhorn iterations as scalings ``u``, ``v`` of the absorbed kernel ``(..., n, m)``.
+
+    With ``omega > 1`` each update but the block's last is over-relaxed in the log domain:
+    ``u <- u * (a / (u * K v))^omega`` (``omega = 1`` is the plain update ``u = a / (K v)``); the fixed point is the
+    same, and the plain last update leaves the column marginals exact after every block.
+    """
+    for step in range(steps):
+        if omega == 1.0 or step == steps - 1:
+            u = safe_divide(a, matvec(kernel, v))
+            v = safe_divide(b, matvec(kernel.transpose(-1, -2), u))
+        else:
+            u = u * safe_divide(a, u * matvec(kernel, v)).pow(omega)
+            v = v * safe_divide(b, v * matvec(kernel.transpose(-1, -2), u)).pow(omega)
     return u, v
+
+
+class _Overrelaxation:
+    """Adaptive over-relaxation factor for Sinkhorn (successive over-relaxation of the dual updates).
+
+    Plain Sinkhorn converges linearly with a rate ``rho`` per iteration; for such Gauss-Seidel-type iterations the
+    optimal relaxation is ``omega = 2 / (1 + sqrt(1 - rho))`` (Young's SOR theory, applied to Sinkhorn by Thibault
+    et al. 2017 and Lehmann et al. 2022), which turns the rate into about ``omega - 1``. ``rho`` is first measured
+    from two consecutive plain blocks after the transient first one. Early blocks converge faster than the
+    asymptotic rate, so the estimate is refined while relaxed (Hageman and Young's adaptive SOR): an observed rate
+    ``r`` at ``omega`` implies ``sqrt(rho) = (r + omega - 1) / (sqrt(r) omega)``, and ``omega`` is raised (never
+    lowered) to the optimum for that ``rho``. If the error ever grows tenfold, ``omega - 1`` is halved. The fixed
+    point, and so the plan, does not depend on ``omega``.
+    """
+
+    MAX_OMEGA = 1.95
+    DIVERGENCE_FACTOR = 10.0  # relaxed iterations may overshoot at first; back off only beyond this growth
+
+    def __init__(self) -> None:
+        self.omega, self.previous, self.blocks, self.backed_off = 1.0, None, 0, False
+        self.reference = None  # error when omega was last set
+
+    def update(self, error: float, steps: int) -> float:
+        previous, self.previous = self.previous, error
+        self.blocks += 1
+        if previous is None or not (error > 0 and previous > 0) or self.blocks < 3:
+            return self.omega
+        rate = (error / previous) ** (1.0 / steps)
+        if self.omega > 1.0 and error > self.DIVERGENCE_FACTOR * self.reference:
+            self.omega, self.reference, self.backed_off = 1.0 + (self.omega - 1.0) / 2, error, True
+        elif not self.backed_off and 0.0 < rate < 1.0:
+            sqrt_rho = (rate + self.omega - 1.0) / (math.sqrt(rate) * self.omega)  # = sqrt(rate) when omega = 1
+            optimum = 2.0 / (1.0 + math.sqrt(max(1.0 - sqrt_rho**2, 0.0)))
+            if optimum > self.omega:
+                self.omega, self.reference = min(optimum, self.MAX_OMEGA), error
+        return self.omega
+
+    def disable(self) -> None:
+        self.omega, self.backed_off = 1.0, True

@@ -7,10 +7,11 @@ checkpoint -> mean over blocks. Our path: the converted folder's `MLTMFeatureExt
 padded batch of all clips.
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
+import aisfx.inference as ai
+import aisfx.preprocessing as ap
 import numpy as np
 import pytest
 import soundfile as sf
@@ -18,17 +19,8 @@ import soxr
 import torch
 from transformers import AutoModel
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-ai = pytest.importorskip("aisfx.inference")
-ap = pytest.importorskip("aisfx.preprocessing")
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from hf_mltm.models.mltm import feature_extraction_mltm as feature_extraction
+from tests.utils import load_script
 
 convert = load_script("convert_aisfx_checkpoint")
 
@@ -44,20 +36,12 @@ SAMPLING_RATE = 44100
 N_FFT, HOP, MEL_BINS = 2048, 1024, 96
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions: one thread avoids the oversubscription stalls of a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> Path:
-    output_dir = tmp_path_factory.mktemp("aisfx9")
-    convert.convert_aisfx_checkpoint(output_dir)
-    return output_dir
+def converted(aisfx_model_dir) -> Path:
+    return aisfx_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +119,6 @@ def test_every_tensor_of_the_embedding_net_is_loaded(converted):
 
 
 def test_embeddings_match_aisfx_on_real_clips(shared_data, converted, aisfx_network):
-    feature_extraction = pytest.importorskip("hf_mltm.models.mltm.feature_extraction_mltm")
     extractor = feature_extraction.MLTMFeatureExtractor.from_pretrained(converted)
     model = AutoModel.from_pretrained(converted).eval()
     clips = read_clips(shared_data)

@@ -8,7 +8,6 @@ converted `PannsModel` must reproduce its embedding: a wrong name mapping (e.g. 
 """
 
 import functools
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,28 +18,14 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModel
 
+from hf_mltm.models.mltm import feature_extraction_mltm as feature_extraction
 from hf_mltm.models.panns import PannsModel
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from tests.utils import load_script
 
 convert = load_script("convert_panns_checkpoint")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast, and immune to the oversubscription stalls of a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = {
@@ -360,6 +345,5 @@ def test_command_line_converts_a_full_size_cnn10(tmp_path, monkeypatch):
     with torch.no_grad():
         assert relative_error(model(logmel).pooler_output, reference(logmel[:, None])[2]) < 1e-5
     assert (tmp_path / "hf" / convert.AUDIOSET_HEAD_FILE).exists()
-    feature_extraction = pytest.importorskip("hf_mltm.models.mltm.feature_extraction_mltm")
     extractor = feature_extraction.MLTMFeatureExtractor.from_pretrained(tmp_path / "hf")
     assert (extractor.sampling_rate, extractor.feature_size, extractor.hop_length) == (32000, 64, 320)

@@ -1,6 +1,24 @@
-"""m-LTM audio-text retrieval: feature extractor and processor."""
+"""m-LTM audio-text retrieval: configuration, feature extractor, processor and model, registered with the Auto
+classes (``model_type="mltm_audio_text"``)."""
 
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
+
+from .configuration_mltm import MLTMAudioTextConfig
 from .feature_extraction_mltm import AISFX_FRONTEND, MLTMFeatureExtractor
+from .modeling_mltm import MLTMAudioTextModel, MLTMAudioTextOutput, MLTMPreTrainedModel
 from .processing_mltm import MLTMProcessor
 
-__all__ = ["AISFX_FRONTEND", "MLTMFeatureExtractor", "MLTMProcessor"]
+__all__ = [
+    "AISFX_FRONTEND",
+    "MLTMAudioTextConfig",
+    "MLTMAudioTextModel",
+    "MLTMAudioTextOutput",
+    "MLTMFeatureExtractor",
+    "MLTMPreTrainedModel",
+    "MLTMProcessor",
+]
+
+AutoConfig.register(MLTMAudioTextConfig.model_type, MLTMAudioTextConfig, exist_ok=True)
+AutoModel.register(MLTMAudioTextConfig, MLTMAudioTextModel, exist_ok=True)
+AutoFeatureExtractor.register(MLTMAudioTextConfig, MLTMFeatureExtractor, exist_ok=True)
+AutoProcessor.register(MLTMAudioTextConfig, MLTMProcessor, exist_ok=True)

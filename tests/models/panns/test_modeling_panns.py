@@ -18,13 +18,7 @@ TINY_CHANNELS = {
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "resnet_block_dropout_prob": 0.0, "fc_dropout_prob": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast, and immune to the oversubscription stalls of a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(variant: str, **overrides) -> PannsConfig:
@@ -236,7 +230,7 @@ def test_block_count_follows_aisfx_blocking():
     frame_lengths = torch.arange(1, 120)
     expected = [aisfx_num_blocks(int(length), 24, 12) for length in frame_lengths]
     assert model.get_output_lengths(frame_lengths).tolist() == expected
-    aisfx_preprocessing = pytest.importorskip("aisfx.preprocessing")
+    import aisfx.preprocessing as aisfx_preprocessing
     for length in (5, 24, 30, 36, 61):
         blocks = aisfx_preprocessing.blocking(np.zeros((length, 2)), 24, 12, True)
         assert len(blocks) == int(model.get_output_lengths(torch.tensor([length])))

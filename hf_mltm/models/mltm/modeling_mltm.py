@@ -1,0 +1,379 @@
+"""`MLTMAudioTextModel`: audio-text retrieval trained with mini-batch learning-to-match (Luong et al., ICLR 2024).
+
+Letters: ``A`` audio clips and ``T`` captions in a batch (``A == T == b`` for paired training), ``d`` the joint
+embedding dimension (``config.projection_dim``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from ...ot import (
+    MahalanobisMetric,
+    contrastive_entropy_loss,
+    contrastive_loss,
+    cosine_cost,
+    euclidean_cost,
+    mltm_loss,
+    mltm_partial_loss,
+    normalize_cost,
+    sinkhorn,
+    triplet_loss,
+)
+from .configuration_mltm import MLTMAudioTextConfig
+
+__all__ = ["MLTMAudioTextModel", "MLTMAudioTextOutput", "MLTMPreTrainedModel"]
+
+
+@dataclass
+class MLTMAudioTextOutput(ModelOutput):
+    r"""Output of [`MLTMAudioTextModel`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): the training loss (``return_loss=True``).
+        logits_per_audio (`torch.FloatTensor` of shape `(audio_batch_size, text_batch_size)`): audio-caption scores,
+            higher is better. OT losses: ``-cost / ot_epsilon`` with the raw (un-normalised) ground cost, so ranking
+            by logits is ranking by distance; baselines: ``cos / temperature``.
+        logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, audio_batch_size)`): the transpose.
+        audio_embeds (`torch.FloatTensor` of shape `(audio_batch_size, projection_dim)`): L2-normalised.
+        text_embeds (`torch.FloatTensor` of shape `(text_batch_size, projection_dim)`): L2-normalised.
+        cost_matrix (`torch.FloatTensor` of shape `(audio_batch_size, text_batch_size)`): the ground cost the model
+            ranks by (learned metric or Euclidean for OT losses; ``1 - cos`` for the baselines), float32.
+        transport_plan (`torch.FloatTensor` of shape `(audio_batch_size, text_batch_size)`, *optional*): entropic
+            OT plan of the (normalised) cost with uniform marginals (``output_transport_plan=True``).
+        audio_model_output (`BaseModelOutputWithPooling`): the audio tower's output.
+        text_model_output (`BaseModelOutputWithPooling`): the text tower's output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_audio: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    cost_matrix: torch.FloatTensor | None = None
+    transport_plan: torch.FloatTensor | None = None
+    audio_model_output: BaseModelOutputWithPooling | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(
+            self[k].to_tuple() if k in ("audio_model_output", "text_model_output") else self[k] for k in self.keys()
+        )
+
+
+class MLTMProjection(nn.Module):
+    """``Linear(in, hidden) -> ReLU -> Linear(hidden, out)``: (..., in) -> (..., out)."""
+
+    def __init__(self, in_features: int, hidden_size: int, out_features: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(in_features, hidden_size)
+        self.activation = nn.ReLU()
+        self.linear2 = nn.Linear(hidden_size, out_features)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.activation(self.linear1(hidden_states)))
+
+
+class MLTMPreTrainedModel(PreTrainedModel):
+    config_class = MLTMAudioTextConfig
+    base_model_prefix = "mltm"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    # The metric and the temperature define the OT problem; they stay float32 under bf16/fp16.
+    _keep_in_fp32_modules_strict = ["metric"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, MLTMProjection):
+            for linear in (module.linear1, module.linear2):
+                init.normal_(linear.weight, mean=0.0, std=self.config.initializer_range)
+                init.zeros_(linear.bias)
+        elif isinstance(module, MahalanobisMetric):
+            init.copy_(module.weight, module.initial_weight().to(module.weight.device, module.weight.dtype))
+        elif isinstance(module, MLTMAudioTextModel):
+            init.constant_(module.logit_scale, -math.log(self.config.contrastive_temperature))
+        else:
+            super()._init_weights(module)
+
+
+def _accepted_arguments(module: nn.Module) -> set[str]:
+    return set(inspect.signature(module.forward).parameters)
+
+
+class MLTMAudioTextModel(MLTMPreTrainedModel):
+    r"""Audio and text towers with projection heads, matched through entropic optimal transport.
+
+    Training (``return_loss=True`` on a paired batch, ``A == T``) uses ``config.loss_type``: the m-LTM loss
+    ``KL(T || P*)`` between the ground-truth matching and the entropic OT plan of the batch cost (closed-form
+    gradient), its partial-OT variant, or a contrastive / triplet baseline. ``item_ids`` marks batch rows that are the
+    same clip (several captions of one clip) so that they are not treated as negatives.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from transformers import BertConfig
+    >>> from hf_mltm.models.mltm import MLTMAudioTextConfig, MLTMAudioTextModel
+    >>> from hf_mltm.models.panns import PannsConfig
+    >>> config = MLTMAudioTextConfig(
+    ...     audio_config=PannsConfig(variant="cnn10", channels=[8, 8, 8, 16], num_mel_bins=16),
+    ...     text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37),
+    ...     projection_hidden_size=32, projection_dim=16,
+    ... )
+    >>> model = MLTMAudioTextModel(config).eval()
+    >>> out = model(input_features=torch.randn(3, 64, 16), input_ids=torch.randint(0, 100, (3, 7)), return_loss=True)
+    >>> out.logits_per_audio.shape, out.loss.ndim
+    (torch.Size([3, 3]), 0)
+
+    ```
+    """
+
+    main_input_name = "input_ids"
+
+    def __init__(
+        self,
+        config: MLTMAudioTextConfig,
+        audio_model: PreTrainedModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.audio_model = audio_model if audio_model is not None else AutoModel.from_config(config.audio_config)
+        self.text_model = text_model if text_model is not None else _text_model_from_config(config.text_config)
+        self.config.audio_config = self.audio_model.config
+        self.config.text_config = self.text_model.config
+        self.audio_projection = MLTMProjection(
+            config.audio_config.hidden_size, config.projection_hidden_size, config.projection_dim
+        )
+        self.text_projection = MLTMProjection(
+            config.text_config.hidden_size, config.projection_hidden_size, config.projection_dim
+        )
+        self.text_dropout = nn.Dropout(config.text_dropout_prob)
+        self.metric = (
+            None
+            if config.metric_type == "euclidean"
+            else MahalanobisMetric(config.projection_dim, config.metric_type, config.metric_rank, config.metric_init)
+        )
+        # log(1 / temperature) of the contrastive baselines (CLIP's logit_scale), learnable on request.
+        self.logit_scale = nn.Parameter(
+            torch.tensor(-math.log(config.contrastive_temperature)),
+            requires_grad=config.learnable_temperature,
+        )
+        self._audio_arguments = _accepted_arguments(self.audio_model)
+        self.post_init()
+
+    @classmethod
+    def from_audio_text_pretrained(
+        cls,
+        audio_pretrained_model_name_or_path: str,
+        text_pretrained_model_name_or_path: str,
+        **kwargs: Any,
+    ) -> MLTMAudioTextModel:
+        """Compose pretrained towers with freshly initialised projection heads and metric.
+
+        Args:
+            audio_pretrained_model_name_or_path (`str`): a folder or Hub id loadable by `AutoModel` (e.g. a converted
+                PANNs or aisfx folder, ``laion/clap-htsat-unfused``'s audio model).
+            text_pretrained_model_name_or_path (`str`): the same for the text tower (e.g. BERT, MiniLM).
+            kwargs: `MLTMAudioTextConfig` fields (``metric_type``, ``loss_type``, ...); ``audio_model_kwargs`` /
+                ``text_model_kwargs`` (dicts) go to the towers' ``from_pretrained``.
+        """
+        audio_kwargs = kwargs.pop("audio_model_kwargs", {})
+        text_kwargs = kwargs.pop("text_model_kwargs", {})
+        audio_model = AutoModel.from_pretrained(audio_pretrained_model_name_or_path, **audio_kwargs)
+        text_config = AutoConfig.from_pretrained(text_pretrained_model_name_or_path)
+        text_model = _text_model_from_pretrained(text_pretrained_model_name_or_path, text_config, text_kwargs)
+        config = MLTMAudioTextConfig(audio_config=audio_model.config, text_config=text_model.config, **kwargs)
+        model = cls(config, audio_model=audio_model, text_model=text_model)
+        return model
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Towers and embeddings
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> BaseModelOutputWithPooling:
+        """Run the audio tower; ``pooler_output`` is replaced by the L2-normalised projection ``(A, d)``.
+
+        Args:
+            input_features (`torch.FloatTensor` of shape `(A, frames, mel_bins)`): log-mel features from
+                [`MLTMFeatureExtractor`] (or whatever the audio tower takes as ``input_features``/``input_values``).
+            audio_attention_mask (`torch.LongTensor` of shape `(A, frames)`, *optional*): 1 for real frames.
+        """
+        audio_kwargs = dict(kwargs)
+        if "input_features" in self._audio_arguments:
+            audio_kwargs["input_features"] = input_features
+        else:
+            audio_kwargs["input_values"] = input_features
+        if audio_attention_mask is not None and "attention_mask" in self._audio_arguments:
+            audio_kwargs["attention_mask"] = audio_attention_mask
+        outputs = self.audio_model(**audio_kwargs, return_dict=True)
+        embeds = self.audio_projection(outputs.pooler_output)
+        outputs.pooler_output = F.normalize(embeds, dim=-1)
+        return outputs
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
+        """Run the text tower; ``pooler_output`` is the L2-normalised projection ``(T, d)`` of the pooled state
+        (``config.text_pooling``: [CLS] or mask-aware mean)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        hidden = outputs.last_hidden_state  # (T, L, hidden)
+        if self.config.text_pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = attention_mask[..., None].to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
+        embeds = self.text_projection(self.text_dropout(pooled))
+        outputs.pooler_output = F.normalize(embeds, dim=-1)
+        return outputs
+
+    def embed_audio(self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised audio embeddings ``(A, d)``."""
+        return self.get_audio_features(input_features, audio_attention_mask).pooler_output
+
+    def embed_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """L2-normalised text embeddings ``(T, d)``."""
+        return self.get_text_features(input_ids, attention_mask, token_type_ids).pooler_output
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Matching
+
+    def pairwise_cost(self, audio_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """The ground cost ``(A, T)`` the model matches and ranks by, in float32 (see `MLTMAudioTextOutput`)."""
+        with torch.autocast(device_type=audio_embeds.device.type, enabled=False):
+            if not self.config.uses_ot_loss:
+                return cosine_cost(audio_embeds.float(), text_embeds.float())
+            if self.metric is None:
+                return euclidean_cost(audio_embeds.float(), text_embeds.float())
+            return self.metric(audio_embeds, text_embeds)
+
+    def logits_from_cost(self, cost: torch.Tensor) -> torch.Tensor:
+        """``(A, T)`` scores, higher is better: ``-cost / ot_epsilon`` (OT losses) or ``cos / temperature``."""
+        if self.config.uses_ot_loss:
+            return -cost / self.config.ot_epsilon
+        return (1 - cost) * self.logit_scale.exp()
+
+    def matching_loss(
+        self, cost: torch.Tensor, item_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``config.loss_type`` on a paired ``(b, b)`` cost matrix (row ``i`` and column ``i`` are a true pair)."""
+        config = self.config
+        if cost.shape[0] != cost.shape[1]:
+            raise ValueError(
+                f"return_loss needs paired batches (as many clips as captions), got a cost of shape {tuple(cost.shape)}."
+            )
+        solver = {"max_iter": config.ot_max_iter, "tol": config.ot_tol}
+        if config.loss_type == "mltm":
+            return mltm_loss(cost, config.ot_epsilon, item_ids=item_ids, normalization=config.cost_normalization,
+                             **solver)
+        if config.loss_type == "mltm_partial":
+            return mltm_partial_loss(cost, config.ot_epsilon, config.partial_ot_mass, item_ids=item_ids,
+                                     normalization=config.cost_normalization, **solver)
+        similarity = 1 - cost
+        temperature = self.logit_scale.exp().reciprocal()
+        if config.loss_type == "contrastive":
+            return contrastive_loss(similarity, temperature, item_ids=item_ids)
+        if config.loss_type == "contrastive_entropy":
+            return contrastive_entropy_loss(similarity, temperature, config.entropy_weight, item_ids=item_ids)
+        return triplet_loss(similarity, config.triplet_margin, hardest_negative=config.triplet_hardest_negative,
+                            item_ids=item_ids)
+
+    def transport_plan(self, cost: torch.Tensor) -> torch.Tensor:
+        """Uniform-marginal entropic OT plan ``(A, T)`` of the (normalised) cost, without gradient."""
+        with torch.no_grad():
+            normalized = normalize_cost(cost, self.config.cost_normalization)
+            return sinkhorn(None, None, normalized, self.config.ot_epsilon, max_iter=self.config.ot_max_iter,
+                            tol=self.config.ot_tol, warn=False).plan
+
+    @torch.no_grad()
+    def project_metric_(self) -> None:
+        """Project a ``metric_type="projected"`` metric onto the PSD cone; call after every optimizer step (no-op for
+        the other metric types, which are PSD by construction)."""
+        if self.metric is not None:
+            self.metric.project_()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        item_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        output_transport_plan: bool = False,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> MLTMAudioTextOutput | tuple:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(T, L)`), attention_mask (`(T, L)`), token_type_ids (`(T, L)`):
+                tokenized captions.
+            input_features (`torch.FloatTensor` of shape `(A, frames, mel_bins)`): log-mel features.
+            audio_attention_mask (`torch.LongTensor` of shape `(A, frames)`, *optional*): 1 for real frames.
+            item_ids (`torch.LongTensor` of shape `(b,)`, *optional*): ids of the underlying clips of a paired batch;
+                rows sharing an id are all positives of each other in the loss.
+            return_loss (`bool`, *optional*): compute ``config.loss_type`` (needs ``A == T``, pairs on the diagonal).
+            output_transport_plan (`bool`, defaults to `False`): also return the batch's entropic OT plan.
+        """
+        if input_ids is None or input_features is None:
+            raise ValueError("MLTMAudioTextModel.forward needs both input_ids (captions) and input_features (audio).")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        audio_outputs = self.get_audio_features(input_features, audio_attention_mask)
+        text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
+        audio_embeds, text_embeds = audio_outputs.pooler_output, text_outputs.pooler_output
+        cost = self.pairwise_cost(audio_embeds, text_embeds)  # (A, T)
+        logits_per_audio = self.logits_from_cost(cost)
+        loss = self.matching_loss(cost, item_ids) if return_loss else None
+        plan = self.transport_plan(cost) if output_transport_plan else None
+        output = MLTMAudioTextOutput(
+            loss=loss,
+            logits_per_audio=logits_per_audio,
+            logits_per_text=logits_per_audio.T,
+            audio_embeds=audio_embeds,
+            text_embeds=text_embeds,
+            cost_matrix=cost,
+            transport_plan=plan,
+            audio_model_output=audio_outputs,
+            text_model_output=text_outputs,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _text_model_from_config(text_config) -> PreTrainedModel:
+    """The text tower without its pooler when it has one (m-LTM pools itself; an unused pooler breaks DDP)."""
+    try:
+        return AutoModel.from_config(text_config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(text_config)
+
+
+def _text_model_from_pretrained(path: str, text_config, kwargs: dict) -> PreTrainedModel:
+    try:
+        return AutoModel.from_pretrained(path, config=text_config, add_pooling_layer=False, **kwargs)
+    except TypeError:
+        return AutoModel.from_pretrained(path, config=text_config, **kwargs)

@@ -1,9 +1,13 @@
 """Timing and peak-memory helpers shared by the benchmarks.
 
-Timings run in the benchmark's own process with the normal allocator. Peak memory is measured in a child process
-started with glibc's mmap threshold fixed at 64 KiB, so every large tensor goes back to the OS when freed and the
-resident-set high-water mark of one method does not leak into the next (that setting slows large allocations, which
-is why it is kept out of the timed process).
+Timings run in the benchmark's own process (median of repeats after a warm-up). Peak memory is the steady-state peak
+of one run, measured in a fresh child process per configuration: one warm-up run (one-time costs such as BLAS
+workspaces and thread pools are not the method's), then the resident-set high-water mark is reset
+(``/proc/self/clear_refs``), a second run is made, and its peak (``VmHWM``) minus the resident size before it is
+reported. The child runs with glibc's mmap threshold fixed at 64 KiB, so every freed tensor goes back to the OS and
+memory kept from the warm-up cannot hide the second run's allocations (this slows allocation, which is why timings
+stay in the parent). Linux only; ``ru_maxrss`` would not do, as Linux carries the parent's high-water mark across
+fork and exec.
 """
 
 from __future__ import annotations
@@ -14,48 +18,8 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
-
-import psutil
-
-MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
-
-
-def memory_child(args: list[str]) -> dict[str, float]:
-    """Run ``python <this script> *args`` with the fixed mmap threshold; it prints one JSON dict of peak MB."""
-    env = dict(os.environ, **{MMAP_ENV: "65536"})
-    output = subprocess.run([sys.executable, sys.argv[0], *args], env=env, check=True, capture_output=True, text=True)
-    return json.loads(output.stdout.strip().splitlines()[-1])
-
-
-class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every 0.2 ms by a background thread (MB)."""
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        self._process = psutil.Process()
-        self.baseline = self._process.memory_info().rss
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            time.sleep(0.0002)
-
-    def __exit__(self, *exc) -> None:
-        self.peak = max(self.peak, self._process.memory_info().rss)
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def megabytes(self) -> float:
-        return (self.peak - self.baseline) / 2**20
 
 
 def measure(run: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
@@ -70,10 +34,28 @@ def measure(run: Callable[[], object], repeats: int, warmup: int = 1) -> dict[st
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
-def peak_memory(run: Callable[[], object], warmup: bool = True) -> float:
-    """Peak MB above the entry level during one call of ``run`` (call it in a :func:`memory_child`)."""
-    if warmup:  # warm caches and lazy initialisation
-        run()
-    with PeakMemory() as memory:
-        run()
-    return memory.megabytes
+def _status_kilobytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def peak_memory(run: Callable[[], object]) -> float:
+    """Peak MB above the resident size before one call of ``run`` (call it in a :func:`memory_child`)."""
+    run()  # warm-up
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset the high-water mark to the current resident size
+    before = _status_kilobytes("VmRSS")
+    run()
+    return (_status_kilobytes("VmHWM") - before) / 1024
+
+
+def memory_child(key: str) -> float:
+    """Run ``python <this script> --memory-for key`` in a fresh process; it prints the peak MB as its last line."""
+    environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    output = subprocess.run([sys.executable, sys.argv[0], "--memory-for", key], check=True, capture_output=True,
+                            text=True, env=environment)
+    return json.loads(output.stdout.strip().splitlines()[-1])

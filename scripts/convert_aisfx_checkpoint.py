@@ -25,9 +25,9 @@ Usage::
 
 import argparse
 import importlib.util
-import logging
 from pathlib import Path
 
+from hf_mltm.models.mltm.feature_extraction_mltm import MLTMFeatureExtractor
 from hf_mltm.models.panns import PannsConfig, PannsModel
 
 
@@ -40,7 +40,6 @@ def _sibling(name: str):
 
 
 _panns = _sibling("convert_panns_checkpoint")
-logger = logging.getLogger(__name__)
 
 AISFX_BLOCKS = 4
 BLOCK_FRAMES = 100  # aisfx.inference.EMB_BLOCK_LENGTH
@@ -107,14 +106,7 @@ def convert_aisfx_checkpoint(output_dir: str | Path, checkpoint_path: str | Path
 
 
 def save_feature_extractor(output_dir: str | Path) -> None:
-    """Save ``MLTMFeatureExtractor.aisfx_frontend(max_length_s=None)`` (skipped with a warning if absent)."""
-    try:
-        from hf_mltm.models.mltm.feature_extraction_mltm import MLTMFeatureExtractor
-    except ImportError as error:
-        logger.warning(
-            "MLTMFeatureExtractor is not importable (%s); no preprocessor_config.json saved.", error
-        )
-        return
+    """Save the aisfx front-end, ``MLTMFeatureExtractor.aisfx_frontend(max_length_s=None)``."""
     MLTMFeatureExtractor.aisfx_frontend(max_length_s=None).save_pretrained(output_dir)
 
 

@@ -22,7 +22,6 @@ Usage::
 """
 
 import argparse
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,9 +29,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from hf_mltm.models.mltm.feature_extraction_mltm import MLTMFeatureExtractor
 from hf_mltm.models.panns import PannsConfig, PannsModel
-
-logger = logging.getLogger(__name__)
 
 FRONT_END_KEYS = (
     "spectrogram_extractor.stft.conv_real.weight",
@@ -163,14 +161,7 @@ def _model_state_dict(checkpoint: object) -> dict[str, torch.Tensor]:
 
 
 def save_feature_extractor(output_dir: str | Path) -> None:
-    """Save an `MLTMFeatureExtractor` with its defaults, the PANNs front-end (skipped with a warning if absent)."""
-    try:
-        from hf_mltm.models.mltm.feature_extraction_mltm import MLTMFeatureExtractor
-    except ImportError as error:
-        logger.warning(
-            "MLTMFeatureExtractor is not importable (%s); no preprocessor_config.json saved.", error
-        )
-        return
+    """Save an `MLTMFeatureExtractor` with its defaults, the PANNs front-end."""
     MLTMFeatureExtractor().save_pretrained(output_dir)
 
 

@@ -24,13 +24,15 @@ def sq_euclidean_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances ``||x_i - y_j||^2``, clamped at 0 against rounding, shape ``(..., n, m)``."""
     x_sq = x.pow(2).sum(-1)[..., :, None]
     y_sq = y.pow(2).sum(-1)[..., None, :]
-    return (x_sq + y_sq - 2 * (x @ y.transpose(-1, -2))).clamp_min(0)
+    # In place on the fresh matmul output: one (n, m) buffer instead of four (the matmul's backward needs only x, y).
+    return (x @ y.transpose(-1, -2)).mul_(-2).add_(x_sq).add_(y_sq).clamp_min_(0)
 
 
 def _safe_sqrt(squared: torch.Tensor) -> torch.Tensor:
     # sqrt has an infinite derivative at 0 (identical points); give those entries value 0 and gradient 0.
     # Test for == 0 (not > 0) so that NaN inputs stay NaN instead of silently becoming distance 0.
-    return torch.where(squared == 0, torch.zeros_like(squared), squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt())
+    root = squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt_()  # in place on the clamp's own output
+    return torch.where(squared == 0, 0.0, root)
 
 
 def euclidean_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

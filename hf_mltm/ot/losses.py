@@ -65,6 +65,16 @@ def _check_square(matrix: torch.Tensor, name: str) -> int:
     return matrix.shape[-1]
 
 
+def _cost_and_target(
+    cost: torch.Tensor, normalization: CostNormalization, item_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised ``(..., b, b)`` cost and the ground-truth coupling in the solver's dtype."""
+    size = _check_square(cost, "cost")
+    cost = normalize_cost(cost, normalization)
+    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    return cost, duplicate_aware_target(item_ids, size, dtype=dtype, device=cost.device).expand_as(cost)
+
+
 def mltm_loss(
     cost: torch.Tensor,
     epsilon: float = 0.05,
@@ -91,10 +101,7 @@ def mltm_loss(
     Numerics: Sinkhorn runs in float32 (float64 for float64 costs) even under autocast; the loss reads the log-plan,
     so it stays finite at small ``epsilon`` where the plan's entries underflow. Memory O(b^2).
     """
-    size = _check_square(cost, "cost")
-    cost = normalize_cost(cost, normalization)
-    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-    target = duplicate_aware_target(item_ids, size, dtype=dtype, device=cost.device).expand_as(cost)
+    cost, target = _cost_and_target(cost, normalization, item_ids)
     if gradient == "implicit":
         loss = SinkhornKLLoss.apply(cost, target, float(epsilon), max_iter, tol, check_every)
     elif gradient == "unrolled":
@@ -124,12 +131,9 @@ def mltm_partial_loss(
     The implicit gradient solves the active-set KKT system once per problem (see
     :class:`hf_mltm.ot.autograd.PartialSinkhornKLLoss`). Arguments as in :func:`mltm_loss`.
     """
-    size = _check_square(cost, "cost")
     if not 0 < float(mass) <= 1:
         raise ValueError(f"mass must be in (0, 1] (a fraction of the batch's total mass), got {mass}.")
-    cost = normalize_cost(cost, normalization)
-    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-    target = duplicate_aware_target(item_ids, size, dtype=dtype, device=cost.device).expand_as(cost)
+    cost, target = _cost_and_target(cost, normalization, item_ids)
     if gradient == "implicit":
         loss = PartialSinkhornKLLoss.apply(cost, target, float(epsilon), float(mass), None, None, max_iter, tol,
                                            check_every)

@@ -30,8 +30,6 @@ the plan equals the balanced Sinkhorn plan. POT's kernel-domain iteration omits 
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from ._utils import (
@@ -45,7 +43,7 @@ from ._utils import (
     safe_divide,
     scalings_are_safe,
 )
-from .result import OTResult
+from .result import OTResult, finish_solve
 from .sinkhorn import _check_iterations, _needs_absorption, _Overrelaxation
 
 Potentials = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # scaled f (..., n), g (..., m), h (...)
@@ -136,24 +134,8 @@ def partial_sinkhorn(
         plan = kernel * (lam[..., None, None] * u[..., :, None] * v[..., None, :])
         f_scaled, g_scaled, h_scaled = _absorb(potentials, scalings)
         log_plan = log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :] + h_scaled[..., None, None]
-        converged = bool((marginal_error < tol).all()) if tol > 0 else True
-        if warn and not converged:
-            warnings.warn(
-                f"partial_sinkhorn did not converge in {n_iter} iterations (max KKT residual "
-                f"{marginal_error.max().item():.3g} >= tol {tol:g}); raise max_iter or epsilon.",
-                UserWarning,
-                stacklevel=2,
-            )
-        return OTResult(
-            plan=plan,
-            log_plan=log_plan,
-            f=f_scaled * epsilon,
-            g=g_scaled * epsilon,
-            n_iter=n_iter,
-            marginal_error=marginal_error,
-            converged=converged,
-            h=h_scaled * epsilon,
-        )
+        return finish_solve("partial_sinkhorn", plan, log_plan, (f_scaled, g_scaled, h_scaled), epsilon, n_iter,
+                            marginal_error, tol, warn)
 
 
 

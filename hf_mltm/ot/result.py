@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -35,3 +36,28 @@ class OTResult(NamedTuple):
     marginal_error: torch.Tensor
     converged: bool
     h: torch.Tensor | None = None
+
+
+def finish_solve(
+    solver: str,
+    plan: torch.Tensor,
+    log_plan: torch.Tensor,
+    potentials: tuple[torch.Tensor, ...],
+    epsilon: float,
+    n_iter: int,
+    marginal_error: torch.Tensor,
+    tol: float,
+    warn: bool,
+) -> OTResult:
+    """Build the `OTResult` of a solve from scaled potentials ``(f, g[, h]) / epsilon``, warning once when ``tol`` was
+    not reached (``tol = 0`` means a fixed number of iterations and always counts as converged)."""
+    converged = bool((marginal_error < tol).all()) if tol > 0 else True
+    if warn and not converged:
+        warnings.warn(
+            f"{solver} did not converge in {n_iter} iterations (max constraint error "
+            f"{marginal_error.max().item():.3g} >= tol {tol:g}); raise max_iter or epsilon.",
+            UserWarning,
+            stacklevel=3,
+        )
+    f, g, *h = (potential * epsilon for potential in potentials)
+    return OTResult(plan, log_plan, f, g, n_iter, marginal_error, converged, h[0] if h else None)

@@ -33,7 +33,6 @@ closed-form gradients of :mod:`hf_mltm.ot.losses`).
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -48,7 +47,7 @@ from ._utils import (
     safe_divide,
     scalings_are_safe,
 )
-from .result import OTResult
+from .result import OTResult, finish_solve
 
 
 def _check_iterations(max_iter: int, tol: float, check_every: int) -> None:
@@ -160,23 +159,7 @@ def sinkhorn(
         plan = kernel * u[..., :, None] * v[..., None, :]
         f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
         log_plan = log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :]
-        converged = bool((marginal_error < tol).all()) if tol > 0 else True
-        if warn and not converged:
-            warnings.warn(
-                f"sinkhorn did not converge in {n_iter} iterations (max marginal error "
-                f"{marginal_error.max().item():.3g} >= tol {tol:g}); raise max_iter or epsilon.",
-                UserWarning,
-                stacklevel=2,
-            )
-        return OTResult(
-            plan=plan,
-            log_plan=log_plan,
-            f=f_scaled * epsilon,
-            g=g_scaled * epsilon,
-            n_iter=n_iter,
-            marginal_error=marginal_error,
-            converged=converged,
-        )
+        return finish_solve("sinkhorn", plan, log_plan, (f_scaled, g_scaled), epsilon, n_iter, marginal_error, tol, warn)
 
 
 ABSORB_LOG_THRESHOLD = 30.0

@@ -22,3 +22,10 @@ AutoConfig.register(MLTMAudioTextConfig.model_type, MLTMAudioTextConfig, exist_o
 AutoModel.register(MLTMAudioTextConfig, MLTMAudioTextModel, exist_ok=True)
 AutoFeatureExtractor.register(MLTMAudioTextConfig, MLTMFeatureExtractor, exist_ok=True)
 AutoProcessor.register(MLTMAudioTextConfig, MLTMProcessor, exist_ok=True)
+
+# save_pretrained also writes an auto_map and copies this family's code, so that a saved folder loads with
+# trust_remote_code=True in a process that never imported hf_mltm (the code then imports the installed hf_mltm).
+MLTMAudioTextConfig.register_for_auto_class()
+MLTMAudioTextModel.register_for_auto_class("AutoModel")
+MLTMFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+MLTMProcessor.register_for_auto_class("AutoProcessor")

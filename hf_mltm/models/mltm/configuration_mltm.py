@@ -6,7 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
-from .. import panns  # noqa: F401  (registers the "panns" model type with AutoConfig for the default audio tower)
+import hf_mltm.models.panns  # noqa: F401  (registers the "panns" model type with AutoConfig, the default audio tower)
 
 __all__ = ["MLTMAudioTextConfig"]
 

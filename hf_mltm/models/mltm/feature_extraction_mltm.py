@@ -16,7 +16,7 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import TensorType
 
-from ...audio import resample
+from hf_mltm.audio import resample  # absolute: trust_remote_code copies only this family's files
 
 __all__ = ["MLTMFeatureExtractor", "AISFX_FRONTEND"]
 

@@ -19,7 +19,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from ...ot import (
+# Non-sibling imports are absolute: a saved folder loaded with trust_remote_code gets only this family's files.
+from hf_mltm.ot import (
     MahalanobisMetric,
     contrastive_entropy_loss,
     contrastive_loss,
@@ -31,9 +32,13 @@ from ...ot import (
     sinkhorn,
     triplet_loss,
 )
+
 from .configuration_mltm import MLTMAudioTextConfig
 
 __all__ = ["MLTMAudioTextModel", "MLTMAudioTextOutput", "MLTMPreTrainedModel"]
+
+# Audio towers that take log-mels as (batch, channels, frames, mel_bins): CLAP's HTS-AT encoder.
+CHANNEL_FIRST_AUDIO_TOWERS = ("clap_audio_model",)
 
 
 @dataclass
@@ -148,7 +153,7 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
         text_model: PreTrainedModel | None = None,
     ) -> None:
         super().__init__(config)
-        self.audio_model = audio_model if audio_model is not None else AutoModel.from_config(config.audio_config)
+        self.audio_model = audio_model if audio_model is not None else _audio_model_from_config(config.audio_config)
         self.text_model = text_model if text_model is not None else _text_model_from_config(config.text_config)
         self.config.audio_config = self.audio_model.config
         self.config.text_config = self.text_model.config
@@ -211,6 +216,8 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             audio_attention_mask (`torch.LongTensor` of shape `(A, frames)`, *optional*): 1 for real frames.
         """
         audio_kwargs = dict(kwargs)
+        if input_features.dim() == 3 and self.config.audio_config.model_type in CHANNEL_FIRST_AUDIO_TOWERS:
+            input_features = input_features[:, None]  # (A, 1, frames, mel_bins)
         if "input_features" in self._audio_arguments:
             audio_kwargs["input_features"] = input_features
         else:
@@ -362,6 +369,16 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             text_model_output=text_outputs,
         )
         return output if return_dict else output.to_tuple()
+
+
+def _audio_model_from_config(audio_config) -> PreTrainedModel:
+    """The audio tower for ``audio_config``: through `AutoModel`, or the class transformers has for a tower that it
+    does not map to `AutoModel` (CLAP's HTS-AT audio encoder is only mapped as part of `ClapModel`)."""
+    if audio_config.model_type == "clap_audio_model":
+        from transformers import ClapAudioModel
+
+        return ClapAudioModel(audio_config)
+    return AutoModel.from_config(audio_config)
 
 
 def _text_model_from_config(text_config) -> PreTrainedModel:

@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -121,6 +126,27 @@ def test_save_and_auto_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded(**inputs).logits_per_audio, model(**inputs).logits_per_audio, atol=0, rtol=0)
 
 
+def test_saved_folder_loads_with_trust_remote_code_in_a_fresh_process(tmp_path):
+    model = MLTMAudioTextModel(tiny_config(metric_type="diagonal")).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_mltm.MLTMAudioTextModel"
+    assert (tmp_path / "modeling_mltm.py").exists() and (tmp_path / "configuration_mltm.py").exists()
+    inputs = tiny_inputs()
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModel\n"
+        f"model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
+        "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
+        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+        f"torch.save(model(**inputs).logits_per_audio, {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    subprocess.run([sys.executable, "-c", script], check=True, env=environment, cwd=tmp_path, timeout=300)
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(**inputs).logits_per_audio, atol=0, rtol=0)
+
+
 def test_parameters_missing_from_a_checkpoint_are_initialised_not_garbage(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -164,6 +190,19 @@ def test_projected_metric_is_projected_after_a_step():
         model.metric.weight.copy_(-torch.eye(16))
     model.project_metric_()
     assert torch.linalg.eigvalsh(model.metric.weight).min() >= -1e-6
+
+
+def test_htsat_audio_tower_from_clap():
+    from transformers import ClapAudioConfig
+
+    audio = ClapAudioConfig(hidden_size=32, patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2],
+                            spec_size=64, window_size=4, num_mel_bins=MEL, patch_stride=[4, 4], patch_size=4)
+    config = tiny_config()
+    config = MLTMAudioTextConfig(audio_config=audio, text_config=config.text_config, projection_hidden_size=32,
+                                 projection_dim=16)
+    model = MLTMAudioTextModel(config).eval()
+    out = model(**tiny_inputs(), return_loss=True)
+    assert out.logits_per_audio.shape == (BATCH, BATCH) and torch.isfinite(out.loss)
 
 
 def test_from_audio_text_pretrained_composes_saved_towers(tmp_path):

@@ -171,38 +171,51 @@ def _log_domain_block(
     return f, g, h
 
 
-def _solve_mass_scale(capacity: torch.Tensor, weight: torch.Tensor, mass: float) -> torch.Tensor:
-    """The ``lam > 0`` with ``sum_j min(capacity_j, lam * weight_j) = mass``, per problem: shape ``(...)``.
+def _solve_mass_scale(
+    capacity: torch.Tensor, weight: torch.Tensor, mass: float, saturated: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``lam > 0`` with ``sum_j min(capacity_j, lam * weight_j) = mass`` and its saturated set
+    ``lam * weight >= capacity``, per problem: shapes ``(...)`` and ``(..., k)``.
 
-    ``capacity``, ``weight`` have shape ``(..., k)`` and are non-negative with ``sum(capacity) >= mass``. Between two
+    ``capacity``, ``weight`` have shape ``(..., k)`` and are non-negative with ``sum(capacity) >= mass``. Given a guess
+    of the saturated set (the previous iteration's, which rarely changes), ``lam`` has the closed form
+    ``(mass - saturated capacity) / unsaturated weight``, accepted when it reproduces the guess. Otherwise: between two
     consecutive breakpoints ``t_j = capacity_j / weight_j`` the sum is ``(saturated capacity) + lam * (remaining
-    weight)``; the first breakpoint where it reaches ``mass`` brackets the root.
+    weight)``, and the first breakpoint where it reaches ``mass`` brackets the root.
     """
     big = torch.finfo(weight.dtype).max / (weight.shape[-1] + 1)
     weight = weight.nan_to_num(nan=0.0, posinf=big).clamp_max(big)
+    if saturated is not None:
+        lam = safe_divide(mass - (capacity * saturated).sum(-1), (weight * ~saturated).sum(-1))
+        now_saturated = lam[..., None] * weight >= capacity
+        if bool(((now_saturated == saturated).all(-1) & (lam > 0)).all()):
+            return lam, now_saturated
     breakpoints = safe_divide(capacity, weight).clamp_max(big)
     breakpoints, order = breakpoints.sort(-1)
-    capacity, weight = capacity.gather(-1, order), weight.gather(-1, order)
-    saturated_before = capacity.cumsum(-1) - capacity
-    remaining_weight = weight.flip(-1).cumsum(-1).flip(-1)  # suffix sums (no cancellation with huge weights)
+    sorted_capacity, sorted_weight = capacity.gather(-1, order), weight.gather(-1, order)
+    saturated_before = sorted_capacity.cumsum(-1) - sorted_capacity
+    remaining_weight = sorted_weight.flip(-1).cumsum(-1).flip(-1)  # suffix sums (no cancellation with huge weights)
     # the sum at each breakpoint is non-decreasing: the first one reaching the mass brackets the root
     at_breakpoints = (saturated_before + breakpoints * remaining_weight).contiguous()
     target = torch.full_like(at_breakpoints[..., :1], mass)
     index = torch.searchsorted(at_breakpoints, target).clamp_max(at_breakpoints.shape[-1] - 1)
-    return safe_divide(target - saturated_before.gather(-1, index), remaining_weight.gather(-1, index))[..., 0]
+    lam = safe_divide(target - saturated_before.gather(-1, index), remaining_weight.gather(-1, index))[..., 0]
+    return lam, lam[..., None] * weight >= capacity
 
 
 def _capped_side_update(
-    kernel_sums: torch.Tensor, capacity: torch.Tensor, cap: torch.Tensor, mass: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact joint update of one side's scalings and the mass scaling: returns ``(scalings, lam)``.
+    kernel_sums: torch.Tensor, capacity: torch.Tensor, cap: torch.Tensor, mass: float,
+    saturated: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact joint update of one side's scalings and the mass scaling: returns ``(scalings, lam, saturated)``.
 
     ``kernel_sums`` ``(..., k)`` are the kernel's sums against the other side's scalings (``K v`` or ``K^T u``),
-    ``capacity`` the marginal (``a`` or ``b``) and ``cap`` the largest allowed scaling (``e^{-f}`` or ``e^{-g}``).
+    ``capacity`` the marginal (``a`` or ``b``), ``cap`` the largest allowed scaling (``e^{-f}`` or ``e^{-g}``) and
+    ``saturated`` a guess of the entries at capacity (see :func:`_solve_mass_scale`).
     """
-    lam = _solve_mass_scale(capacity, kernel_sums * cap, mass)
+    lam, saturated = _solve_mass_scale(capacity, kernel_sums * cap, mass, saturated)
     scalings = torch.minimum(safe_divide(capacity, lam[..., None] * kernel_sums), cap)
-    return scalings, lam
+    return scalings, lam, saturated
 
 
 def _scaling_block(
@@ -223,12 +236,13 @@ def _scaling_block(
     f, g, _ = potentials
     u_cap, v_cap = (-f).exp(), (-g).exp()
     u, v, lam = scalings
+    rows_saturated = columns_saturated = None
     for step in range(steps):
         relax = omega != 1.0 and step != steps - 1
-        target, lam = _capped_side_update(matvec(kernel, v), a, u_cap, mass)
+        target, lam, rows_saturated = _capped_side_update(matvec(kernel, v), a, u_cap, mass, rows_saturated)
         u = torch.minimum(u * safe_divide(target, u).pow(omega), u_cap) if relax else target
         column_sums = matvec(kernel.transpose(-1, -2), u)
-        target, lam = _capped_side_update(column_sums, b, v_cap, mass)
+        target, lam, columns_saturated = _capped_side_update(column_sums, b, v_cap, mass, columns_saturated)
         if relax:
             v = torch.minimum(v * safe_divide(target, v).pow(omega), v_cap)
             lam = safe_divide(torch.full_like(lam, mass), (v * column_sums).sum(-1))

@@ -94,9 +94,27 @@ def masked_cost(cost: torch.Tensor, row_mask: torch.Tensor | None, col_mask: tor
     return cost
 
 
-def marginal_l1_error(plan: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``||P 1 - a||_1 + ||P^T 1 - b||_1`` per problem, shape ``(...)``."""
-    return (plan.sum(-1) - a).abs().sum(-1) + (plan.sum(-2) - b).abs().sum(-1)
+def prepare_problem(
+    a: torch.Tensor | None,
+    b: torch.Tensor | None,
+    cost: torch.Tensor,
+    epsilon: float,
+    row_mask: torch.Tensor | None,
+    col_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Validate one OT problem and bring it to the solvers' form (call inside :func:`autocast_disabled`).
+
+    Returns the cost in the compute dtype with masked entries zeroed ``(..., n, m)``, the log-marginals ``(..., n)``
+    and ``(..., m)`` (``-inf`` on masked entries) and ``epsilon`` as a float.
+    """
+    check_cost(cost)
+    epsilon = check_epsilon(epsilon)
+    dtype = compute_dtype(cost)
+    cost = masked_cost(cost.to(dtype), row_mask, col_mask)
+    batch_shape, (n, m) = cost.shape[:-2], cost.shape[-2:]
+    log_a = log_marginal(a, row_mask, batch_shape, n, dtype, cost.device, "a")
+    log_b = log_marginal(b, col_mask, batch_shape, m, dtype, cost.device, "b")
+    return cost, log_a, log_b, epsilon
 
 
 def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

@@ -202,12 +202,7 @@ def triplet_loss(
     """
     size = _check_square(similarity, "similarity")
     positive = similarity.diagonal()
-    same = (
-        torch.eye(size, dtype=torch.bool, device=similarity.device)
-        if item_ids is None
-        else torch.as_tensor(item_ids, device=similarity.device)[:, None]
-        == torch.as_tensor(item_ids, device=similarity.device)[None, :]
-    )
+    same = duplicate_aware_target(item_ids, size, device=similarity.device) > 0  # anchor and its duplicates
     cost_rows = (margin - positive[:, None] + similarity).clamp_min(0).masked_fill(same, 0)
     cost_cols = (margin - positive[None, :] + similarity).clamp_min(0).masked_fill(same, 0)
     if hardest_negative:

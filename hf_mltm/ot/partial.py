@@ -32,17 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import (
-    autocast_disabled,
-    check_cost,
-    check_epsilon,
-    compute_dtype,
-    log_marginal,
-    masked_cost,
-    matvec,
-    safe_divide,
-    scalings_are_safe,
-)
+from ._utils import autocast_disabled, matvec, prepare_problem, safe_divide, scalings_are_safe
 from .result import OTResult, finish_solve
 from .sinkhorn import _check_iterations, _needs_absorption, _Overrelaxation
 
@@ -88,15 +78,10 @@ def partial_sinkhorn(
     Returns:
         [`OTResult`] whose `f`, `g` are the (non-positive) capacity potentials and `h` the mass potential.
     """
-    check_cost(cost)
-    epsilon = check_epsilon(epsilon)
     _check_iterations(max_iter, tol, check_every)
-    dtype = compute_dtype(cost)
     with autocast_disabled(cost.device):
-        cost = masked_cost(cost.to(dtype), row_mask, col_mask)
-        batch_shape, (n, m) = cost.shape[:-2], cost.shape[-2:]
-        log_a = log_marginal(a, row_mask, batch_shape, n, dtype, cost.device, "a")
-        log_b = log_marginal(b, col_mask, batch_shape, m, dtype, cost.device, "b")
+        cost, log_a, log_b, epsilon = prepare_problem(a, b, cost, epsilon, row_mask, col_mask)
+        dtype, batch_shape = cost.dtype, cost.shape[:-2]
         mass = _check_mass(mass, log_a, log_b)
         log_mass = torch.log(torch.tensor(mass, dtype=dtype, device=cost.device))
         log_kernel = cost / -epsilon  # (..., n, m)
@@ -258,9 +243,9 @@ def _kkt_error(
     (scaling below its cap), inequality elsewhere, plus the total-mass gap."""
     f, g, _ = potentials
     u, v, lam = scalings
-    rows = lam[..., None] * u * matvec(kernel, v) - a
+    row_masses = lam[..., None] * u * matvec(kernel, v)
     cols = lam[..., None] * v * matvec(kernel.transpose(-1, -2), u) - b
-    rows = torch.where(u < (-f).exp(), rows.abs(), rows.clamp_min(0))
+    rows = torch.where(u < (-f).exp(), (row_masses - a).abs(), (row_masses - a).clamp_min(0))
     cols = torch.where(v < (-g).exp(), cols.abs(), cols.clamp_min(0))
-    total = lam * (u * matvec(kernel, v)).sum(-1)
+    total = row_masses.sum(-1)
     return rows.sum(-1) + cols.sum(-1) + (total - mass).abs()

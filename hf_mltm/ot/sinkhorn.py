@@ -36,17 +36,7 @@ import math
 
 import torch
 
-from ._utils import (
-    autocast_disabled,
-    check_cost,
-    check_epsilon,
-    compute_dtype,
-    log_marginal,
-    masked_cost,
-    matvec,
-    safe_divide,
-    scalings_are_safe,
-)
+from ._utils import autocast_disabled, matvec, prepare_problem, safe_divide, scalings_are_safe
 from .result import OTResult, finish_solve
 
 
@@ -100,15 +90,10 @@ def sinkhorn(
         tensor([[0.5000, 0.0000],
                 [0.0000, 0.5000]])
     """
-    check_cost(cost)
-    epsilon = check_epsilon(epsilon)
     _check_iterations(max_iter, tol, check_every)
-    dtype = compute_dtype(cost)
     with autocast_disabled(cost.device):
-        cost = masked_cost(cost.to(dtype), row_mask, col_mask)
-        batch_shape, (n, m) = cost.shape[:-2], cost.shape[-2:]
-        log_a = log_marginal(a, row_mask, batch_shape, n, dtype, cost.device, "a")
-        log_b = log_marginal(b, col_mask, batch_shape, m, dtype, cost.device, "b")
+        cost, log_a, log_b, epsilon = prepare_problem(a, b, cost, epsilon, row_mask, col_mask)
+        dtype = cost.dtype
         if a is not None or b is not None:
             mass_a, mass_b = torch.logsumexp(log_a, -1).exp(), torch.logsumexp(log_b, -1).exp()
             if not torch.allclose(mass_a, mass_b, rtol=1e-5, atol=1e-8):

@@ -57,8 +57,12 @@ class MLTMAudioTextOutput(ModelOutput):
             ranks by (learned metric or Euclidean for OT losses; ``1 - cos`` for the baselines), float32.
         transport_plan (`torch.FloatTensor` of shape `(audio_batch_size, text_batch_size)`, *optional*): entropic
             OT plan of the (normalised) cost with uniform marginals (``output_transport_plan=True``).
-        audio_model_output (`BaseModelOutputWithPooling`): the audio tower's output.
-        text_model_output (`BaseModelOutputWithPooling`): the text tower's output.
+        loss_inputs (`dict[str, torch.FloatTensor]`, *optional*): what `MLTMAudioTextModel.loss_from_inputs` needs,
+            per sample (``audio_embeds``, ``text_embeds``); returned with ``output_loss_inputs=True`` so a trainer can
+            all-gather it across processes before computing the global-batch loss.
+        audio_model_output (`BaseModelOutputWithPooling`, *optional*): the audio tower's output (``None`` when the
+            forward got cached tower embeddings).
+        text_model_output (`BaseModelOutputWithPooling`, *optional*): the text tower's output (likewise).
     """
 
     loss: torch.FloatTensor | None = None
@@ -68,6 +72,7 @@ class MLTMAudioTextOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     cost_matrix: torch.FloatTensor | None = None
     transport_plan: torch.FloatTensor | None = None
+    loss_inputs: dict[str, torch.FloatTensor] | None = None
     audio_model_output: BaseModelOutputWithPooling | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
 
@@ -215,6 +220,13 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
                 [`MLTMFeatureExtractor`] (or whatever the audio tower takes as ``input_features``/``input_values``).
             audio_attention_mask (`torch.LongTensor` of shape `(A, frames)`, *optional*): 1 for real frames.
         """
+        outputs = self._run_audio_tower(input_features, audio_attention_mask, **kwargs)
+        outputs.pooler_output = self.project_audio(outputs.pooler_output)
+        return outputs
+
+    def _run_audio_tower(
+        self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> BaseModelOutputWithPooling:
         audio_kwargs = dict(kwargs)
         if input_features.dim() == 3 and self.config.audio_config.model_type in CHANNEL_FIRST_AUDIO_TOWERS:
             input_features = input_features[:, None]  # (A, 1, frames, mel_bins)
@@ -224,10 +236,7 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             audio_kwargs["input_values"] = input_features
         if audio_attention_mask is not None and "attention_mask" in self._audio_arguments:
             audio_kwargs["attention_mask"] = audio_attention_mask
-        outputs = self.audio_model(**audio_kwargs, return_dict=True)
-        embeds = self.audio_projection(outputs.pooler_output)
-        outputs.pooler_output = F.normalize(embeds, dim=-1)
-        return outputs
+        return self.audio_model(**audio_kwargs, return_dict=True)
 
     def get_text_features(
         self,
@@ -238,6 +247,19 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """Run the text tower; ``pooler_output`` is the L2-normalised projection ``(T, d)`` of the pooled state
         (``config.text_pooling``: [CLS] or mask-aware mean)."""
+        outputs, pooled = self._run_text_tower(input_ids, attention_mask, token_type_ids, **kwargs)
+        outputs.pooler_output = self.project_text(pooled)
+        return outputs
+
+    def _run_text_tower(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> tuple[BaseModelOutputWithPooling, torch.Tensor]:
+        """The text tower's output and its pooled state ``(T, hidden)`` (``config.text_pooling``: [CLS] or
+        mask-aware mean)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is not None:
@@ -245,12 +267,40 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         hidden = outputs.last_hidden_state  # (T, L, hidden)
         if self.config.text_pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = attention_mask[..., None].to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
-        embeds = self.text_projection(self.text_dropout(pooled))
-        outputs.pooler_output = F.normalize(embeds, dim=-1)
+            return outputs, hidden[:, 0]
+        weights = attention_mask[..., None].to(hidden.dtype)
+        return outputs, (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+    def project_audio(self, audio_tower_embeds: torch.Tensor) -> torch.Tensor:
+        """The audio head: pooled tower output ``(A, hidden)`` -> L2-normalised joint embedding ``(A, d)``."""
+        return F.normalize(self.audio_projection(audio_tower_embeds), dim=-1)
+
+    def project_text(self, text_tower_embeds: torch.Tensor) -> torch.Tensor:
+        """The text head: pooled tower output ``(T, hidden)`` -> L2-normalised joint embedding ``(T, d)`` (with the
+        text dropout in training)."""
+        return F.normalize(self.text_projection(self.text_dropout(text_tower_embeds)), dim=-1)
+
+    def get_tower_outputs(
+        self,
+        input_features: torch.Tensor | None = None,
+        audio_attention_mask: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """The pooled outputs of the two towers, before the heads, for caching frozen towers.
+
+        Returns a dict whose keys ``forward`` accepts in place of the raw inputs: ``audio_tower_embeds``
+        `(A, audio_hidden)` and ``text_tower_embeds`` `(T, text_hidden)` (only the modalities given). Runs under the
+        caller's grad mode.
+        """
+        outputs = {}
+        if input_features is not None:
+            audio = self._run_audio_tower(input_features, audio_attention_mask, **kwargs)
+            outputs["audio_tower_embeds"] = audio.pooler_output
+        if input_ids is not None:
+            outputs["text_tower_embeds"] = self._run_text_tower(input_ids, attention_mask, token_type_ids)[1]
         return outputs
 
     def embed_audio(self, input_features: torch.Tensor, audio_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -323,6 +373,12 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
         if self.metric is not None:
             self.metric.project_()
 
+    def loss_from_inputs(self, loss_inputs: dict[str, torch.Tensor], item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``config.loss_type`` from a forward's ``loss_inputs`` (``audio_embeds`` and ``text_embeds``, ``(b, d)``
+        each), possibly all-gathered from several processes: the loss of the global batch."""
+        cost = self.pairwise_cost(loss_inputs["audio_embeds"], loss_inputs["text_embeds"])
+        return self.matching_loss(cost, item_ids)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -331,8 +387,11 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
         audio_attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         item_ids: torch.Tensor | None = None,
+        audio_tower_embeds: torch.Tensor | None = None,
+        text_tower_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
         output_transport_plan: bool = False,
+        output_loss_inputs: bool = False,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> MLTMAudioTextOutput | tuple:
@@ -344,15 +403,34 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             audio_attention_mask (`torch.LongTensor` of shape `(A, frames)`, *optional*): 1 for real frames.
             item_ids (`torch.LongTensor` of shape `(b,)`, *optional*): ids of the underlying clips of a paired batch;
                 rows sharing an id are all positives of each other in the loss.
+            audio_tower_embeds (`torch.FloatTensor` of shape `(A, audio_hidden)`, *optional*): cached pooled audio
+                tower outputs (`get_tower_outputs`), in place of ``input_features`` (frozen-tower training).
+            text_tower_embeds (`torch.FloatTensor` of shape `(T, text_hidden)`, *optional*): likewise for the text
+                tower, in place of ``input_ids``.
             return_loss (`bool`, *optional*): compute ``config.loss_type`` (needs ``A == T``, pairs on the diagonal).
             output_transport_plan (`bool`, defaults to `False`): also return the batch's entropic OT plan.
+            output_loss_inputs (`bool`, defaults to `False`): also return ``loss_inputs`` (see
+                `MLTMAudioTextOutput`).
         """
-        if input_ids is None or input_features is None:
-            raise ValueError("MLTMAudioTextModel.forward needs both input_ids (captions) and input_features (audio).")
+        if (input_features is None) == (audio_tower_embeds is None):
+            raise ValueError("MLTMAudioTextModel.forward needs exactly one of input_features (audio) or "
+                             "audio_tower_embeds (cached audio tower outputs).")
+        if (input_ids is None) == (text_tower_embeds is None):
+            raise ValueError("MLTMAudioTextModel.forward needs exactly one of input_ids (captions) or "
+                             "text_tower_embeds (cached text tower outputs).")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        audio_outputs = self.get_audio_features(input_features, audio_attention_mask)
-        text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
-        audio_embeds, text_embeds = audio_outputs.pooler_output, text_outputs.pooler_output
+        audio_outputs = text_outputs = None
+        if input_features is not None:
+            audio_outputs = self.get_audio_features(input_features, audio_attention_mask)
+            audio_embeds = audio_outputs.pooler_output
+        else:
+            audio_embeds = self.project_audio(audio_tower_embeds)
+        if input_ids is not None:
+            text_outputs = self.get_text_features(input_ids, attention_mask, token_type_ids)
+            text_embeds = text_outputs.pooler_output
+        else:
+            text_embeds = self.project_text(text_tower_embeds)
+        loss_inputs = {"audio_embeds": audio_embeds, "text_embeds": text_embeds}
         cost = self.pairwise_cost(audio_embeds, text_embeds)  # (A, T)
         logits_per_audio = self.logits_from_cost(cost)
         loss = self.matching_loss(cost, item_ids) if return_loss else None
@@ -365,6 +443,7 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             text_embeds=text_embeds,
             cost_matrix=cost,
             transport_plan=plan,
+            loss_inputs=loss_inputs if output_loss_inputs else None,
             audio_model_output=audio_outputs,
             text_model_output=text_outputs,
         )

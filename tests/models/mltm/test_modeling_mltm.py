@@ -63,6 +63,24 @@ def test_logits_and_loss_follow_the_documented_formulas():
     torch.testing.assert_close(out.loss, mltm_loss(cost, 0.1, normalization="batch_max"))
 
 
+def test_cached_tower_outputs_reproduce_the_full_forward_and_its_loss():
+    model = MLTMAudioTextModel(tiny_config(loss_type="mltm")).eval()
+    inputs = tiny_inputs()
+    full = model(**inputs, return_loss=True, output_loss_inputs=True)
+    with torch.no_grad():
+        towers = model.get_tower_outputs(**inputs)
+    assert set(towers) == {"audio_tower_embeds", "text_tower_embeds"}
+    assert towers["audio_tower_embeds"].shape == (BATCH, model.config.audio_config.hidden_size)
+    cached = model(**towers, return_loss=True)
+    torch.testing.assert_close(cached.logits_per_audio, full.logits_per_audio)
+    torch.testing.assert_close(cached.loss, full.loss)
+    assert cached.audio_model_output is None and cached.loss_inputs is None
+    # The loss recomputed from the (gatherable) loss inputs is the forward's loss, gradient included.
+    torch.testing.assert_close(model.loss_from_inputs(full.loss_inputs), full.loss)
+    with pytest.raises(ValueError, match="exactly one of input_features"):
+        model(**inputs, audio_tower_embeds=towers["audio_tower_embeds"])
+
+
 def test_mahalanobis_metric_is_used_and_trained():
     model = MLTMAudioTextModel(tiny_config(metric_type="lowrank", metric_rank=4))
     out = model(**tiny_inputs(), return_loss=True)

@@ -14,6 +14,8 @@ from .costs import (
     project_psd,
     sq_euclidean_cost,
 )
+from .distributed import all_gather_with_grad, gather_tensor_dict, world_info
+from .fragments import FragmentOTScores, fragment_ot_scores
 from .losses import (
     InfoNCELoss,
     contrastive_entropy_loss,
@@ -29,7 +31,9 @@ from .result import OTResult
 from .sinkhorn import sinkhorn
 
 __all__ = [
+    "FragmentOTScores",
     "InfoNCELoss",
+    "all_gather_with_grad",
     "MahalanobisMetric",
     "OTResult",
     "PartialSinkhornKLLoss",
@@ -39,6 +43,8 @@ __all__ = [
     "cosine_cost",
     "duplicate_aware_target",
     "euclidean_cost",
+    "fragment_ot_scores",
+    "gather_tensor_dict",
     "kl_to_plan",
     "mahalanobis_cost",
     "mltm_loss",
@@ -50,4 +56,5 @@ __all__ = [
     "sinkhorn",
     "sq_euclidean_cost",
     "triplet_loss",
+    "world_info",
 ]

@@ -1,8 +1,9 @@
 """hf_mltm: optimal-transport cross-modal retrieval for the Hugging Face ecosystem.
 
 Importing the package registers its model types with the transformers Auto classes (``panns``,
-``mltm_audio_text``), so ``AutoModel.from_pretrained`` loads saved folders. The OT core lives in :mod:`hf_mltm.ot`,
-retrieval evaluation in :mod:`hf_mltm.evaluation`.
+``mltm_audio_text``, ``omit_image_text``), so ``AutoModel.from_pretrained`` loads saved folders. The OT core lives in
+:mod:`hf_mltm.ot`, dataset builders and collators in :mod:`hf_mltm.data`, retrieval evaluation in
+:mod:`hf_mltm.evaluation`, training in :mod:`hf_mltm.training`.
 """
 
 from .models.mltm import (
@@ -11,6 +12,13 @@ from .models.mltm import (
     MLTMAudioTextOutput,
     MLTMFeatureExtractor,
     MLTMProcessor,
+)
+from .models.omit import (
+    OMITImageProcessor,
+    OMITImageTextConfig,
+    OMITImageTextModel,
+    OMITImageTextOutput,
+    OMITProcessor,
 )
 from .models.panns import PannsConfig, PannsModel
 
@@ -22,6 +30,11 @@ __all__ = [
     "MLTMAudioTextOutput",
     "MLTMFeatureExtractor",
     "MLTMProcessor",
+    "OMITImageProcessor",
+    "OMITImageTextConfig",
+    "OMITImageTextModel",
+    "OMITImageTextOutput",
+    "OMITProcessor",
     "PannsConfig",
     "PannsModel",
 ]

@@ -1,0 +1,1 @@
+"""`evaluate` metric modules of hf_mltm (load them by path with ``evaluate.load``)."""

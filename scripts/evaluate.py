@@ -1,0 +1,145 @@
+"""Evaluate a saved retrieval model: cross-modal retrieval or zero-shot classification, written as a report.
+
+Examples::
+
+    # retrieval on Clotho evaluation, plain distance and transductive OT ranking reported separately
+    python scripts/evaluate.py --model runs/mltm --dataset clotho --data_dir ../shared/data/clotho \\
+        --split test --ranking distance ot --output_dir runs/mltm/eval_clotho
+
+    # ESC-50 zero-shot classification (prompts "This is a sound of {label}.")
+    python scripts/evaluate.py --model runs/mltm --dataset esc50 --zero_shot --output_dir runs/mltm/eval_esc50
+
+Writes ``metrics.json``, ``metrics.md`` and ``plot.png`` to ``--output_dir`` and prints the markdown table. All the
+logic lives in :mod:`hf_mltm.evaluation` and the dataset builders in :mod:`hf_mltm.data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# This file is named like the `evaluate` library: keep its folder off the import path so that a library importing
+# `evaluate` does not get this script instead.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+DATASETS = {
+    # --dataset: (builder in hf_mltm.data, folder under $HF_MLTM_DATA used when --data_dir is not given)
+    "esc50": ("build_esc50", "esc50"),
+    "clotho": ("build_clotho", "clotho"),
+    "audiocaps": ("build_audiocaps", "audiocaps"),
+    "flickr8k": ("build_flickr8k", "flickr8k_1k"),
+    "flickr30k": ("build_flickr30k", None),
+    "coco": ("build_coco", None),
+    "audio_folder": ("build_audio_folder", None),
+}
+HEATMAP_ITEMS = 16
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="folder saved with save_pretrained (model and processor)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=sorted(DATASETS), help="dataset built by hf_mltm.data")
+    source.add_argument("--dataset_path", help="a dataset in the items view saved with save_to_disk")
+    parser.add_argument("--data_dir", help="the dataset's root folder (default: $HF_MLTM_DATA/<dataset>)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--ranking", nargs="+", default=["distance"], choices=["distance", "ot"],
+                        help="ranking modes, each reported separately (default: distance)")
+    parser.add_argument("--ot_epsilon", type=float, help="epsilon of OT ranking (default: the model's ot_epsilon)")
+    parser.add_argument("--zero_shot", action="store_true",
+                        help="zero-shot classification of labelled clips (ESC-50 protocol) instead of retrieval")
+    parser.add_argument("--template", default="This is a sound of {label}.", help="zero-shot prompt template")
+    parser.add_argument("--max_items", type=int, help="evaluate only the first N items (quick checks)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--output_dir", required=True, help="folder for metrics.json, metrics.md and plot.png")
+    parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    return parser.parse_args(argv)
+
+
+def load_items(args: argparse.Namespace):
+    """The items-view `datasets.Dataset` to evaluate."""
+    import datasets
+
+    if args.dataset_path is not None:
+        loaded = datasets.load_from_disk(args.dataset_path)
+        if isinstance(loaded, datasets.DatasetDict):
+            if args.split not in loaded:
+                raise SystemExit(f"--dataset_path {args.dataset_path} has splits {list(loaded)}, not {args.split!r}.")
+            loaded = loaded[args.split]
+        items = loaded
+    else:
+        import hf_mltm.data
+
+        builder_name, default_folder = DATASETS[args.dataset]
+        data_dir = args.data_dir
+        if data_dir is None:
+            if default_folder is None:
+                raise SystemExit(f"--dataset {args.dataset} needs --data_dir (the dataset's root folder).")
+            data_dir = os.path.join(os.environ.get("HF_MLTM_DATA", "../shared/data"), default_folder)
+        splits = getattr(hf_mltm.data, builder_name)(data_dir, view="items", splits=args.split)
+        items = next(iter(splits.values()))
+    if "captions" not in items.column_names and not args.zero_shot:
+        raise SystemExit(f"The dataset has no 'captions' column (columns {items.column_names}): is it the items view?")
+    if args.max_items is not None:
+        items = items.select(range(min(args.max_items, len(items))))
+    return items
+
+
+def class_labels(items) -> list[str]:
+    """Class names ordered by ``label_id`` (or sorted, without one)."""
+    if "label" not in items.column_names:
+        raise SystemExit(f"--zero_shot needs a labelled dataset ('label' column); got columns {items.column_names}.")
+    if "label_id" in items.column_names:
+        by_id = dict(zip(items["label_id"], items["label"], strict=True))
+        return [by_id[key] for key in sorted(by_id)]
+    return sorted(set(items["label"]))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate and write the report; returns the results (without embeddings)."""
+    from transformers import AutoModel, AutoProcessor
+
+    import hf_mltm  # noqa: F401  (registers the model types with the Auto classes)
+    from hf_mltm.evaluation import evaluate_retrieval, markdown_table, save_report, zero_shot_classification
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = AutoModel.from_pretrained(args.model).to(device).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    items = load_items(args)
+    progress = not args.no_progress
+    similarity = None
+    if args.zero_shot:
+        results = zero_shot_classification(model, items, processor, class_labels(items), template=args.template,
+                                           batch_size=args.batch_size, device=device, progress=progress)
+    else:
+        results = evaluate_retrieval(model, items, processor, ranking_modes=args.ranking, batch_size=args.batch_size,
+                                     ot_epsilon=args.ot_epsilon, device=device, progress=progress,
+                                     return_embeddings=True)
+        embeddings = results.pop("embeddings")
+        shown = embeddings["text_item_index"] < HEATMAP_ITEMS
+        with torch.no_grad():
+            cost = model.pairwise_cost(embeddings["audio_embeds"][:HEATMAP_ITEMS].to(device),
+                                       embeddings["text_embeds"][shown].to(device))
+        similarity = -cost.float().cpu()  # (items, their captions)
+    results["run"] = {"model": str(args.model), "dataset": args.dataset or str(args.dataset_path),
+                      "split": args.split, "num_items": len(items), "zero_shot": args.zero_shot,
+                      "ranking": list(args.ranking) if not args.zero_shot else ["distance"]}
+    title = f"{Path(args.model).name} on {args.dataset or Path(args.dataset_path).name} ({args.split})"
+    save_report(results, args.output_dir, similarity=similarity, title=title)
+    print(markdown_table(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+import json
+import os
+import subprocess
+import sys
+
+import datasets
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BertConfig
+
+from hf_mltm.data import build_clotho, build_esc50
+from hf_mltm.evaluation import evaluate_retrieval, zero_shot_classification
+from hf_mltm.models.mltm import MLTMAudioTextConfig, MLTMAudioTextModel, MLTMFeatureExtractor, MLTMProcessor
+from hf_mltm.models.panns import PannsConfig
+from tests.utils import SCRIPTS, load_script
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory, minilm_dir):
+    """A tiny random `MLTMAudioTextModel` and its processor (MiniLM tokenizer, 16 mel bins, 1 s clips)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    processor = MLTMProcessor(MLTMFeatureExtractor(feature_size=16, max_length_s=1.0), tokenizer)
+    torch.manual_seed(0)
+    config = MLTMAudioTextConfig(
+        audio_config=PannsConfig(variant="cnn10", channels=[8, 8, 8, 16], num_mel_bins=16),
+        text_config=BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=37),
+        projection_hidden_size=32, projection_dim=16, metric_type="diagonal",
+    )
+    folder = tmp_path_factory.mktemp("tiny_mltm")
+    model = MLTMAudioTextModel(config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder, model, processor
+
+
+def test_clotho_retrieval_end_to_end_in_a_subprocess(saved_model, shared_data, tmp_path):
+    folder, model, processor = saved_model
+    output_dir = tmp_path / "report"
+    command = [sys.executable, str(SCRIPTS / "evaluate.py"), "--model", str(folder), "--dataset", "clotho",
+               "--data_dir", str(shared_data / "clotho"), "--split", "test", "--ranking", "distance", "ot",
+               "--batch_size", "4", "--output_dir", str(output_dir), "--no_progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(path.name for path in output_dir.iterdir()) == ["metrics.json", "metrics.md", "plot.png"]
+    written = json.loads((output_dir / "metrics.json").read_text())
+    assert (written["num_items"], written["num_captions"]) == (7, 35)  # 7 real Clotho clips x 5 captions
+    assert written["run"]["ranking"] == ["distance", "ot"] and written["run"]["split"] == "test"
+    # the script's numbers are those of evaluate_retrieval on the same items
+    items = build_clotho(shared_data / "clotho", view="items", splits="test")["test"]
+    expected = evaluate_retrieval(model, items, processor, ranking_modes=("distance", "ot"), progress=False)
+    for mode in ("distance", "ot"):
+        for direction in ("text_to_audio", "audio_to_text"):
+            assert written[mode][direction] == pytest.approx(expected[mode][direction], abs=1e-9)
+    assert written["modality_gap"] == pytest.approx(expected["modality_gap"], rel=1e-5)
+    # the printed table is the markdown file, one row per mode and direction
+    table = (output_dir / "metrics.md").read_text()
+    assert table.split("\n\n", 1)[1].strip() in done.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| distance") or line.startswith("| ot")]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| distance", "text_to_audio"], ["| distance", "audio_to_text"], ["| ot", "text_to_audio"],
+        ["| ot", "audio_to_text"],
+    ]
+    assert f"{expected['ot']['text_to_audio']['R@1']:.2f}" == rows[2].split(" | ")[2]
+    with Image.open(output_dir / "plot.png") as image:
+        assert image.size == (1200, 500)
+
+
+def test_esc50_zero_shot_in_process(saved_model, shared_data, tmp_path, capsys):
+    folder, model, processor = saved_model
+    script = load_script("evaluate")
+    script.main(["--model", str(folder), "--dataset", "esc50", "--data_dir", str(shared_data / "esc50"),
+                 "--zero_shot", "--max_items", "10", "--output_dir", str(tmp_path), "--no_progress"])
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    items = build_esc50(shared_data / "esc50", view="items")["test"].select(range(10))
+    assert written["references"] == [written["labels"].index(label) for label in items["label"]]
+    assert len(written["labels"]) == len(set(items["label_id"])) and written["labels"][0] == "dog"
+    assert written["prompts"][0] == "This is a sound of dog."
+    expected = zero_shot_classification(model, items, processor, written["labels"], progress=False)
+    assert written["predictions"] == expected["predictions"]
+    assert written["distance"]["audio_to_label"]["R@1"] == pytest.approx(100 * expected["accuracy"])
+    assert "| distance | audio_to_label |" in capsys.readouterr().out
+
+
+def test_dataset_path_and_bad_arguments(saved_model, shared_data, tmp_path):
+    folder, _, _ = saved_model
+    script = load_script("evaluate")
+    items = datasets.Dataset.from_dict({
+        "item_id": ["a", "b"], "item_index": [0, 1],
+        "audio": [str(shared_data / "esc50/audio/1-100032-A-0.flac"), str(shared_data / "esc50/audio/1-100038-A-14.flac")],
+        "captions": [["a dog barks"], ["birds chirp", "a bird sings"]],
+    })
+    datasets.DatasetDict({"test": items}).save_to_disk(str(tmp_path / "saved"))
+    results = script.run(script.parse_args(["--model", str(folder), "--dataset_path", str(tmp_path / "saved"),
+                                            "--output_dir", str(tmp_path / "out"), "--no_progress"]))
+    assert (results["num_items"], results["num_captions"]) == (2, 3) and "ot" not in results
+    assert results["distance"]["text_to_audio"]["R@10"] == 100.0  # only two clips to rank
+    with pytest.raises(SystemExit, match="needs a labelled dataset"):
+        script.run(script.parse_args(["--model", str(folder), "--dataset_path", str(tmp_path / "saved"),
+                                      "--zero_shot", "--output_dir", str(tmp_path / "zs"), "--no_progress"]))
+    with pytest.raises(SystemExit, match="has splits \\['test'\\], not 'validation'"):
+        script.run(script.parse_args(["--model", str(folder), "--dataset_path", str(tmp_path / "saved"),
+                                      "--split", "validation", "--output_dir", str(tmp_path / "v")]))
+    with pytest.raises(SystemExit):  # argparse: unknown ranking mode
+        script.parse_args(["--model", "m", "--dataset", "esc50", "--ranking", "plan", "--output_dir", "o"])

@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--zero_shot", action="store_true",
                         help="zero-shot classification of labelled clips (ESC-50 protocol) instead of retrieval")
     parser.add_argument("--template", default="This is a sound of {label}.", help="zero-shot prompt template")
+    parser.add_argument("--fragments_dir",
+                        help="precomputed image fragments (scripts/extract_grid_features.py) for an OMIT model "
+                             "without a vision tower")
     parser.add_argument("--max_items", type=int, help="evaluate only the first N items (quick checks)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -118,15 +121,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results = zero_shot_classification(model, items, processor, class_labels(items), template=args.template,
                                            batch_size=args.batch_size, device=device, progress=progress)
     else:
+        fragments = None
+        if args.fragments_dir is not None:
+            from hf_mltm.data import load_grid_features
+
+            fragments = load_grid_features(args.fragments_dir)
         results = evaluate_retrieval(model, items, processor, ranking_modes=args.ranking, batch_size=args.batch_size,
                                      ot_epsilon=args.ot_epsilon, device=device, progress=progress,
-                                     return_embeddings=True)
-        embeddings = results.pop("embeddings")
-        shown = embeddings["text_item_index"] < HEATMAP_ITEMS
-        with torch.no_grad():
-            cost = model.pairwise_cost(embeddings["audio_embeds"][:HEATMAP_ITEMS].to(device),
-                                       embeddings["text_embeds"][shown].to(device))
-        similarity = -cost.float().cpu()  # (items, their captions)
+                                     return_embeddings=True, fragments=fragments)
+        if "scores" in results:  # a pair-scoring (image-text) model: the heatmap is its score matrix
+            scores = results.pop("scores")
+            owner = torch.tensor([index for index, row in enumerate(items["captions"]) for _ in row])
+            similarity = scores[:HEATMAP_ITEMS][:, owner < HEATMAP_ITEMS]
+        else:
+            embeddings = results.pop("embeddings")
+            shown = embeddings["text_item_index"] < HEATMAP_ITEMS
+            with torch.no_grad():
+                cost = model.pairwise_cost(embeddings["audio_embeds"][:HEATMAP_ITEMS].to(device),
+                                           embeddings["text_embeds"][shown].to(device))
+            similarity = -cost.float().cpu()  # (items, their captions)
     results["run"] = {"model": str(args.model), "dataset": args.dataset or str(args.dataset_path),
                       "split": args.split, "num_items": len(items), "zero_shot": args.zero_shot,
                       "ranking": list(args.ranking) if not args.zero_shot else ["distance"]}

@@ -1,18 +1,21 @@
-"""Retrieval evaluation: ranking from embeddings and metrics from ranks."""
+"""Retrieval evaluation: ranking from embeddings or cost matrices, metrics from ranks, model-level evaluation
+(retrieval in both ranking modes, zero-shot classification, modality gap) and reports."""
 
-from .ranking import positive_indices, retrieval_ranks
+from .model_evaluation import evaluate_retrieval, modality_gap, zero_shot_classification
+from .ranking import positive_indices, ranks_from_cost, retrieval_ranks
+from .report import markdown_table, plot_results, result_rows, save_report, write_json, write_markdown
 from .retrieval import retrieval_metrics
 
-__all__ = ["positive_indices", "retrieval_metrics", "retrieval_ranks"]
-from .model_evaluation import evaluate_retrieval, modality_gap, zero_shot_classification
-from .report import markdown_table, plot_results, result_rows, save_report, write_json, write_markdown
-
-__all__ += [
+__all__ = [
     "evaluate_retrieval",
     "markdown_table",
     "modality_gap",
     "plot_results",
+    "positive_indices",
+    "ranks_from_cost",
     "result_rows",
+    "retrieval_metrics",
+    "retrieval_ranks",
     "save_report",
     "write_json",
     "write_markdown",

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..audio import load_audio
-from .ranking import retrieval_ranks
+from .ranking import ranks_from_cost, retrieval_ranks
 from .retrieval import retrieval_metrics
 
 __all__ = ["evaluate_retrieval", "modality_gap", "zero_shot_classification"]
@@ -183,6 +183,7 @@ def evaluate_retrieval(
     device: str | torch.device | None = None,
     progress: bool = True,
     return_embeddings: bool = False,
+    fragments: Any = None,
 ) -> dict[str, Any]:
     """Text-to-item and item-to-text retrieval metrics of a model on a `datasets.Dataset` in the items view.
 
@@ -190,8 +191,10 @@ def evaluate_retrieval(
     (``model.embed_audio``, ``model.embed_text``; audio decoded with :func:`hf_mltm.audio.load_audio` at the feature
     extractor's sampling rate) and ranked by ``model.pairwise_cost``. ``text_to_audio`` ranks the clips for each
     caption (one positive: its clip); ``audio_to_text`` ranks all captions for each clip (positives: its captions;
-    ``R@k`` uses the best of them). Image-text pair-scoring models (`OMITImageTextModel`) go through one dispatch
-    point that is not implemented yet.
+    ``R@k`` uses the best of them). Image-text pair-scoring models (`OMITImageTextModel`) score the whole
+    ``(N, T)`` matrix with ``model.score_retrieval`` (directions ``text_to_image`` and ``image_to_text``; the result
+    also holds ``"scores"``); their images come from the ``image`` column through ``processor.image_processor``, or
+    from precomputed ``fragments`` looked up by ``item_id``.
 
     Args:
         model: an `MLTMAudioTextModel` (or any model with ``embed_audio``, ``embed_text``, ``pairwise_cost``).
@@ -206,6 +209,8 @@ def evaluate_retrieval(
         device (`str` or `torch.device`, *optional*): where to run the model; defaults to the model's device.
         progress (`bool`, defaults to `True`): show tqdm progress bars.
         return_embeddings (`bool`, defaults to `False`): also return the embeddings (CPU float32).
+        fragments (`datasets.Dataset` or `Mapping`, *optional*): precomputed image fragments (``item_id``,
+            ``fragments`` columns; `hf_mltm.data.grid_features`) for an image-text model without a vision tower.
 
     Returns:
         `dict`: for each ranking mode, ``{"text_to_audio": metrics, "audio_to_text": metrics, "rsum": float}`` with
@@ -216,7 +221,6 @@ def evaluate_retrieval(
 
     Raises:
         ValueError: an unknown ranking mode, missing columns or an unusable ``audio``/``captions`` value.
-        NotImplementedError: an image-text pair-scoring model (not supported yet).
     """
     modes = tuple(dict.fromkeys(ranking_modes))
     unknown = [mode for mode in modes if mode not in RANKING_MODES]
@@ -224,7 +228,7 @@ def evaluate_retrieval(
         raise ValueError(f"Unknown ranking mode(s) {unknown or list(ranking_modes)}; use any of {RANKING_MODES}.")
     if _is_pair_scoring(model):
         return _evaluate_pair_scoring(model, items, processor, modes=modes, batch_size=batch_size, device=device,
-                                      progress=progress)
+                                      progress=progress, fragments=fragments, ot_epsilon=ot_epsilon)
     _check_columns(items, ("audio", "captions"), "audio-text retrieval")
     device = _model_device(model, device)
     model.eval()
@@ -260,18 +264,46 @@ def evaluate_retrieval(
     return results
 
 
-# ---- Dispatch point: image-text pair-scoring models ------------------------------------------------------------------
-def _evaluate_pair_scoring(model, items, processor, *, modes, batch_size, device, progress) -> dict[str, Any]:
+# ---- Image-text pair-scoring models --------------------------------------------------------------------------------
+def _evaluate_pair_scoring(model, items, processor, *, modes, batch_size, device, progress, fragments,
+                           ot_epsilon) -> dict[str, Any]:
     """Image-text retrieval for models that score (image, caption) pairs jointly (`OMITImageTextModel`).
 
-    Such models cannot rank from independent embeddings: the cross-modal fragment OT needs every pair. The model
-    will provide ``model.score_retrieval(...)`` returning an ``(N images, T captions)`` score matrix; the result
-    will mirror :func:`evaluate_retrieval` with directions ``"text_to_image"`` and ``"image_to_text"``.
+    Such models cannot rank from independent embeddings: the fragment OT needs every pair, so the model scores the
+    whole ``(N images, T captions)`` matrix once (``model.score_retrieval``, each image and caption encoded once,
+    pairs in memory-bounded chunks) and both directions rank from ``1 - score``.
     """
-    raise NotImplementedError(
-        f"Retrieval evaluation of image-text pair-scoring models ({type(model).__name__}) is not implemented yet: "
-        f"it needs OMITImageTextModel.score_retrieval, with directions 'text_to_image' and 'image_to_text'."
-    )
+    from hf_mltm.data.collators import ImageTextCollator
+
+    _check_columns(items, ("item_id", "captions") if fragments is not None else ("image", "captions"),
+                   "image-text retrieval")
+    device = _model_device(model, device)
+    model.eval()
+    texts, text_item = _flatten_captions(items)
+    image_processor = None if fragments is not None else processor.image_processor
+    collator = ImageTextCollator(processor.tokenizer, image_processor=image_processor, fragments=fragments)
+    columns = [c for c in ("item_id", "image") if c in items.column_names]
+    image_batches = ({key: value for key, value in collator(items.select(rows).select_columns(columns).to_list())
+                      .items() if key != "item_ids"} for rows in _batches(len(items), batch_size, "images", False))
+    caption_batches = (dict(processor.tokenizer(texts[rows.start:rows.stop], padding=True, truncation=True,
+                                                return_tensors="pt"))
+                       for rows in _batches(len(texts), batch_size, "captions", False))
+    with torch.no_grad():
+        scores = model.score_retrieval(image_batches, caption_batches, progress=progress).float().cpu()  # (N, T)
+    cost = 1 - scores
+    image_ids = torch.arange(len(items))
+    epsilon = float(ot_epsilon if ot_epsilon is not None else getattr(model.config, "ot_epsilon", 0.05))
+    results: dict[str, Any] = {}
+    for mode in modes:
+        settings = {"mode": mode, "epsilon": epsilon, "normalization": "none"}
+        text_to_image = retrieval_metrics(ranks_from_cost(cost.T, text_item, image_ids, **settings))
+        image_to_text = retrieval_metrics(ranks_from_cost(cost, image_ids, text_item, **settings))
+        rsum = sum(metrics[f"R@{k}"] for metrics in (text_to_image, image_to_text) for k in (1, 5, 10))
+        results[mode] = {"text_to_image": text_to_image, "image_to_text": image_to_text, "rsum": rsum}
+    results["num_items"], results["num_captions"] = len(items), len(texts)
+    results["settings"] = {"ot_epsilon": epsilon, "cost_normalization": "none"} if "ot" in modes else {}
+    results["scores"] = scores
+    return results
 
 
 # --------------------------------------------------------------------------------------------------------------------

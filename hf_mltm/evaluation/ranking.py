@@ -99,3 +99,27 @@ def retrieval_ranks(
         key = torch.where(valid, chunk_ranks, torch.full_like(chunk_ranks, torch.iinfo(torch.long).max))
         ranks[rows] = torch.where(valid.gather(1, key.argsort(1)), key.sort(1).values, -1).cpu()
     return ranks
+
+
+def ranks_from_cost(
+    cost: torch.Tensor,
+    query_ids: torch.Tensor,
+    item_ids: torch.Tensor,
+    *,
+    mode: RankingMode = "distance",
+    epsilon: float = 0.05,
+    normalization: str = "batch_max",
+    ot_max_iter: int = 100,
+    ot_tol: float = 1e-6,
+) -> torch.Tensor:
+    """`retrieval_ranks` from a precomputed cost matrix ``(num_queries, num_items)`` (lower is better), e.g. ``1 -
+    score`` of a model that scores pairs jointly (OMIT) or a metric's score rows."""
+    # The cost rows stand in for query embeddings and the cost function returns them as they are; the items are a
+    # zero-stride (num_items, num_items) placeholder that only carries their count.
+    placeholder_items = cost.new_zeros(1, 1).expand(cost.shape[1], cost.shape[1])
+    return retrieval_ranks(cost, placeholder_items, query_ids, item_ids, cost_fn=_rows_as_cost, mode=mode,
+                           epsilon=epsilon, normalization=normalization, ot_max_iter=ot_max_iter, ot_tol=ot_tol)
+
+
+def _rows_as_cost(query_rows: torch.Tensor, _items: torch.Tensor) -> torch.Tensor:
+    return query_rows

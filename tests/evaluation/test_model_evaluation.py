@@ -231,7 +231,43 @@ def test_bad_inputs_raise_clear_errors(items, processor):
         evaluate_retrieval(model, broken, processor, progress=False)
 
 
-def test_pair_scoring_models_reach_the_image_text_dispatch_point(items, processor):
-    model = TableModel(torch.eye(2), torch.eye(2), model_type="omit_image_text")
-    with pytest.raises(NotImplementedError, match="text_to_image"):
-        evaluate_retrieval(model, items, processor, progress=False)
+def test_image_text_pair_scoring_model_on_real_flickr8k_items(shared_data, minilm_dir):
+    from hf_mltm.data import build_flickr8k
+    from hf_mltm.models.omit import OMITImageProcessor, OMITImageTextConfig, OMITImageTextModel, OMITProcessor
+
+    items = build_flickr8k(shared_data / "flickr8k_1k", view="items", splits=["test"])["test"].select(range(6))
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    config = OMITImageTextConfig(
+        image_fragment_dim=8, embed_dim=16, image_projection_hidden_size=8, ot_tol=1e-7, ot_max_iter=5000,
+        text_config=BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=37),
+    )
+    torch.manual_seed(0)
+    model = OMITImageTextModel(config).eval()
+    generator = torch.Generator().manual_seed(1)
+    fragments = {item_id: torch.randn(4 + index % 3, 8, generator=generator).numpy()
+                 for index, item_id in enumerate(items["item_id"])}
+    processor = OMITProcessor(OMITImageProcessor(), tokenizer)
+    results = evaluate_retrieval(model, items, processor, ranking_modes=("distance", "ot"), batch_size=4,
+                                 fragments=fragments, progress=False)
+
+    # Independent check: one forward over all pairs, ranks by sorting the scores.
+    captions = [caption for row in items["captions"] for caption in row]
+    owner = torch.tensor([index for index, row in enumerate(items["captions"]) for _ in row])
+    padded = torch.zeros(6, 6, 8)
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    for index, item_id in enumerate(items["item_id"]):
+        padded[index, : len(fragments[item_id])] = torch.from_numpy(fragments[item_id])
+        mask[index, : len(fragments[item_id])] = True
+    with torch.no_grad():
+        scores = model(image_fragments=padded, image_fragment_mask=mask,
+                       **tokenizer(captions, padding=True, return_tensors="pt")).scores  # (6, 30)
+    torch.testing.assert_close(results["scores"], scores, atol=1e-5, rtol=0)
+    text_rank = (scores.T > scores.T.gather(1, owner[:, None])).sum(1)  # rank of the true image per caption
+    image_best = torch.stack([(scores[i] > scores[i, owner == i].max()).sum() for i in range(6)])
+    distance = results["distance"]
+    assert distance["text_to_image"]["R@1"] == pytest.approx(100 * (text_rank < 1).float().mean().item())
+    assert distance["text_to_image"]["R@5"] == pytest.approx(100 * (text_rank < 5).float().mean().item())
+    assert distance["image_to_text"]["R@1"] == pytest.approx(100 * (image_best < 1).float().mean().item())
+    assert set(results["ot"]) == {"text_to_image", "image_to_text", "rsum"}
+    assert results["num_items"] == 6 and results["num_captions"] == 30

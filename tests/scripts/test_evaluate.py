@@ -107,3 +107,35 @@ def test_dataset_path_and_bad_arguments(saved_model, shared_data, tmp_path):
                                       "--split", "validation", "--output_dir", str(tmp_path / "v")]))
     with pytest.raises(SystemExit):  # argparse: unknown ranking mode
         script.parse_args(["--model", "m", "--dataset", "esc50", "--ranking", "plan", "--output_dir", "o"])
+
+
+def test_omit_model_on_flickr8k_with_precomputed_grid_fragments(shared_data, minilm_dir, tmp_path, capsys):
+    import json
+
+    from transformers import AutoTokenizer, BertConfig
+
+    from hf_mltm.data import build_flickr8k, extract_grid_features
+    from hf_mltm.models.omit import OMITImageProcessor, OMITImageTextConfig, OMITImageTextModel, OMITProcessor
+
+    items = build_flickr8k(shared_data / "flickr8k_1k", view="items", splits=["test"])["test"].select(range(4))
+    extract_grid_features(items["image"], items["item_id"], tmp_path / "grid", batch_size=4, progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    config = OMITImageTextConfig(image_fragment_dim=1280, embed_dim=16, image_projection_hidden_size=8,
+                                 text_config=BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                                        num_hidden_layers=1, num_attention_heads=2,
+                                                        intermediate_size=37))
+    OMITImageTextModel(config).save_pretrained(tmp_path / "model")
+    OMITProcessor(OMITImageProcessor.for_efficientnet_lite(), tokenizer).save_pretrained(tmp_path / "model")
+    load_script("evaluate").main([
+        "--model", str(tmp_path / "model"), "--dataset", "flickr8k", "--data_dir", str(shared_data / "flickr8k_1k"),
+        "--max_items", "4", "--fragments_dir", str(tmp_path / "grid"), "--ranking", "distance", "ot",
+        "--output_dir", str(tmp_path / "eval"), "--no_progress",
+    ])
+    results = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert results["num_items"] == 4 and results["num_captions"] == 20
+    for mode in ("distance", "ot"):
+        assert set(results[mode]) == {"text_to_image", "image_to_text", "rsum"}
+        assert 0 <= results[mode]["text_to_image"]["R@1"] <= 100
+    assert results["distance"]["text_to_image"]["R@5"] == 100.0  # only 4 images: every rank is below 5
+    assert "text_to_image" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "plot.png").stat().st_size > 0

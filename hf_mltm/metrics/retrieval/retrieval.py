@@ -1,6 +1,6 @@
 """Cross-modal retrieval metrics (R@k, medR, meanR, mAP@10, MRR@10) as an `evaluate` module.
 
-A thin wrapper over :mod:`hf_mltm.evaluation`: ranks come from :func:`hf_mltm.evaluation.retrieval_ranks` and the
+A thin wrapper over :mod:`hf_mltm.evaluation`: ranks come from :func:`hf_mltm.evaluation.ranks_from_cost` and the
 numbers from :func:`hf_mltm.evaluation.retrieval_metrics`, so the metric logic exists in one place.
 
 Two input formats, chosen by ``config_name``:
@@ -19,7 +19,7 @@ import datasets
 import evaluate
 import torch
 
-from hf_mltm.evaluation import retrieval_metrics, retrieval_ranks
+from hf_mltm.evaluation import ranks_from_cost, retrieval_metrics
 
 _DESCRIPTION = """\
 Retrieval metrics for queries with one or several positive items (text-to-audio: one clip per caption;
@@ -122,23 +122,15 @@ def ranks_from_score_rows(
                 f"0-based column indices into the score rows."
             )
         sets.append(items)
-    # The cost rows stand in for query embeddings: the cost function returns them as they are, and the item
-    # "embeddings" are a zero-stride (num_items, num_items) view that only carries the item count.
-    placeholder_items = cost.new_zeros(1, 1).expand(num_items, num_items)
-
-    def rows_as_cost(query_rows: torch.Tensor, _items: torch.Tensor) -> torch.Tensor:
-        return query_rows
-
     groups = _positive_groups(sets, num_items)
     if groups is not None:
-        return retrieval_ranks(cost, placeholder_items, *groups, cost_fn=rows_as_cost, mode="distance")
+        return ranks_from_cost(cost, *groups)
     # Overlapping positive sets: one query at a time, with its own positives marked by id 1.
     per_query = []
     for query, items in enumerate(sets):
         item_ids = torch.zeros(num_items, dtype=torch.long)
         item_ids[list(items)] = 1
-        ranks = retrieval_ranks(cost[query : query + 1], placeholder_items, torch.ones(1, dtype=torch.long), item_ids,
-                                cost_fn=rows_as_cost, mode="distance")
+        ranks = ranks_from_cost(cost[query : query + 1], torch.ones(1, dtype=torch.long), item_ids)
         per_query.append(ranks[0].tolist())
     return _pad([[r for r in row if r >= 0] for row in per_query], "ranks")
 

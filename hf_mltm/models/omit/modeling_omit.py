@@ -9,7 +9,7 @@ Letters: ``B`` images with ``R`` fragments, ``T`` captions with ``L`` tokens, ``
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,13 @@ def _masked_mean(fragments: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """L2-normalised mean ``(n, d)`` of the valid fragments ``(n, k, d)``."""
     weights = mask[..., None].to(fragments.dtype)
     return F.normalize((fragments * weights).sum(-2) / weights.sum(-2).clamp_min(1), dim=-1)
+
+
+def _batched(inputs: Mapping[str, torch.Tensor], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Split a dict of ``(n, ...)`` tensors into batches of ``batch_size`` rows."""
+    count = len(next(iter(inputs.values())))
+    return [{key: value[start:start + batch_size] for key, value in inputs.items()}
+            for start in range(0, count, batch_size)]
 
 
 def _pad_and_stack(tensors: list[torch.Tensor], value=0) -> torch.Tensor:
@@ -384,21 +391,22 @@ class OMITImageTextModel(OMITPreTrainedModel):
     @torch.no_grad()
     def score_retrieval(
         self,
-        images: Mapping[str, torch.Tensor],
-        captions: Mapping[str, torch.Tensor],
+        images: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
+        captions: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
         *,
         batch_size: int = 128,
         chunk_size: int | None = None,
         progress: bool = False,
     ) -> torch.Tensor:
         """Score ``N`` images against ``M`` captions (e.g. a 1K test set with 5 captions per image): each image and
-        caption is encoded once, in batches of ``batch_size``, then all pairs are scored by OT in chunks of about
-        ``chunk_size`` pairs (default ``config.score_chunk_size``).
+        caption is encoded once, then all pairs are scored by OT in chunks of about ``chunk_size`` pairs (default
+        ``config.score_chunk_size``), which bounds the memory.
 
         Args:
             images: ``{"pixel_values": (N, 3, H, W)}`` or ``{"image_fragments": (N, R, in), "image_fragment_mask":
-                (N, R)}``.
-            captions: ``{"input_ids": (M, L), "attention_mask": (M, L)}`` (+ ``token_type_ids``).
+                (N, R)}``, split into batches of ``batch_size``; or an iterable of such batches (e.g. a collator's).
+            captions: ``{"input_ids": (M, L), "attention_mask": (M, L)}`` (+ ``token_type_ids``), or an iterable of
+                such batches.
 
         Returns:
             `torch.FloatTensor` of shape `(N, M)`: OT scores, higher is better.
@@ -406,20 +414,14 @@ class OMITImageTextModel(OMITPreTrainedModel):
         from tqdm.auto import tqdm
 
         self.eval()
-        device = self.device
-        first = next(iter(images.values()))
-        image_parts, text_parts = [], []
-        for start in tqdm(range(0, len(first), batch_size), desc="images", disable=not progress):
-            batch = {k: v[start:start + batch_size].to(device) for k, v in images.items()}
-            image_parts.append(self.get_image_fragments(**batch))
-        count = len(captions["input_ids"])
-        for start in tqdm(range(0, count, batch_size), desc="captions", disable=not progress):
-            batch = {k: v[start:start + batch_size].to(device) for k, v in captions.items()}
-            text_parts.append(self.get_text_fragments(**batch))
-        image_fragments = _pad_and_stack([f for f, _ in image_parts])
-        image_mask = _pad_and_stack([m for _, m in image_parts], value=False)
-        text_fragments = _pad_and_stack([f for f, _ in text_parts])
-        text_mask = _pad_and_stack([m for _, m in text_parts], value=False)
+        parts = {}
+        for name, inputs, encode in (("images", images, self.get_image_fragments),
+                                     ("captions", captions, self.get_text_fragments)):
+            batches = _batched(inputs, batch_size) if isinstance(inputs, Mapping) else inputs
+            encoded = [encode(**{key: value.to(self.device) for key, value in batch.items()})
+                       for batch in tqdm(batches, desc=f"encoding {name}", disable=not progress)]
+            parts[name] = (_pad_and_stack([f for f, _ in encoded]), _pad_and_stack([m for _, m in encoded], False))
+        (image_fragments, image_mask), (text_fragments, text_mask) = parts["images"], parts["captions"]
         return self.pair_scores(image_fragments, image_mask, text_fragments, text_mask, chunk_size=chunk_size).scores
 
     def forward(

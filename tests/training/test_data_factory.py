@@ -1,0 +1,36 @@
+import pytest
+
+from hf_mltm.training import build_datasets
+from hf_mltm.training.data_factory import describe_sources
+
+
+def test_sources_are_concatenated_with_distinct_item_indices(shared_data):
+    section = {
+        "root": str(shared_data),
+        "train": [{"builder": "esc50", "data_dir": "esc50", "split": "test", "args": {"exclude_esc10": True}},
+                  {"builder": "urbansound8k", "data_dir": "urbansound8k", "split": "train", "max_items": 5}],
+        "eval": [{"builder": "esc50", "data_dir": "esc50", "split": "test", "args": {"esc10_only": True}}],
+    }
+    train, evaluation = build_datasets(section)
+    # ESC-50 fold 1 holds 398 clips; the 10 ESC-10 classes have 8 clips each.
+    assert len(train) == 318 + 5 and len(evaluation) == 80
+    assert sorted(set(train["item_index"])) == list(range(323))
+    assert train[0]["caption"].startswith("the sound of ") and "label_id" not in train.column_names
+    assert train[318]["item_index"] == 318 and train[318]["audio"].endswith(".flac")
+    assert {"dog", "rooster"} <= set(evaluation["label"]) and not {"dog"} & set(train["label"][:318])
+    assert describe_sources(section)[1] == "urbansound8k `urbansound8k` split `train`, first 5 items"
+
+
+@pytest.mark.parametrize(
+    "section,match",
+    [
+        ({"train": [{"builder": "nope", "data_dir": "x", "split": "train"}]}, "builder 'nope' does not exist"),
+        ({"train": [{"builder": "esc50", "data_dir": "esc50", "split": "train"}]}, r"no split 'train'.*\['test'\]"),
+        ({"train": [{"builder": "esc50", "data_dir": "esc50", "splt": "test"}]}, r"unknown key\(s\) \['splt'\]"),
+        ({"train": []}, "at least one source"),
+        ({"trian": []}, r"data: unknown key\(s\) \['trian'\]"),
+    ],
+)
+def test_bad_data_sections_are_clear(shared_data, section, match):
+    with pytest.raises(ValueError, match=match):
+        build_datasets({"root": str(shared_data), **section})

@@ -12,8 +12,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install lint bench clean
 
+DEMO_CONFIG ?= configs/demo.yaml
+DEMO_DIR ?= runs/demo
+ACCELERATE := $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+
+# The main job: train a small m-LTM model (configs/demo.yaml), then report retrieval and zero-shot results.
 demo: $(STAMP)
-	$(VPY) -m hf_mltm.demo
+	$(ACCELERATE) scripts/train.py --config $(DEMO_CONFIG) --output_dir $(DEMO_DIR)
+	$(VPY) scripts/evaluate.py --model $(DEMO_DIR) --config $(DEMO_CONFIG) --ranking distance ot \
+		--output_dir $(DEMO_DIR)/eval_retrieval --no_progress
+	$(VPY) scripts/evaluate.py --model $(DEMO_DIR) --config $(DEMO_CONFIG) --zero_shot \
+		--template "the sound of {label}" --output_dir $(DEMO_DIR)/eval_zero_shot --no_progress
 
 test: $(STAMP)
 	$(VPY) -m pytest tests

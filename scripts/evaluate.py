@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", choices=sorted(DATASETS), help="dataset built by hf_mltm.data")
     source.add_argument("--dataset_path", help="a dataset in the items view saved with save_to_disk")
+    source.add_argument("--config", help="a training config (scripts/train.py): evaluate on its data.eval sources")
     parser.add_argument("--data_dir", help="the dataset's root folder (default: $HF_MLTM_DATA/<dataset>)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--ranking", nargs="+", default=["distance"], choices=["distance", "ot"],
@@ -69,7 +70,12 @@ def load_items(args: argparse.Namespace):
     """The items-view `datasets.Dataset` to evaluate."""
     import datasets
 
-    if args.dataset_path is not None:
+    if args.config is not None:
+        from hf_mltm.training.config import load_config
+        from hf_mltm.training.data_factory import build_eval_items
+
+        items = build_eval_items(load_config(args.config).data)
+    elif args.dataset_path is not None:
         loaded = datasets.load_from_disk(args.dataset_path)
         if isinstance(loaded, datasets.DatasetDict):
             if args.split not in loaded:
@@ -140,10 +146,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 cost = model.pairwise_cost(embeddings["audio_embeds"][:HEATMAP_ITEMS].to(device),
                                            embeddings["text_embeds"][shown].to(device))
             similarity = -cost.float().cpu()  # (items, their captions)
-    results["run"] = {"model": str(args.model), "dataset": args.dataset or str(args.dataset_path),
+    results["run"] = {"model": str(args.model), "dataset": args.dataset or str(args.dataset_path or args.config),
                       "split": args.split, "num_items": len(items), "zero_shot": args.zero_shot,
                       "ranking": list(args.ranking) if not args.zero_shot else ["distance"]}
-    title = f"{Path(args.model).name} on {args.dataset or Path(args.dataset_path).name} ({args.split})"
+    source = args.dataset or Path(args.dataset_path or args.config).name
+    title = f"{Path(args.model).name} on {source} ({'eval sources' if args.config else args.split})"
     save_report(results, args.output_dir, similarity=similarity, title=title)
     print(markdown_table(results))
     return results

@@ -25,6 +25,7 @@ from datasets import DatasetDict, Value
 from ._common import (
     SPLIT_ALIASES,
     SPLITS,
+    MissingDataFileError,
     as_dir,
     assemble,
     check_choice,
@@ -38,6 +39,7 @@ from ._common import (
 __all__ = ["build_audio_folder", "build_bigsoundbank", "build_tau22_scenes", "build_urbansound8k"]
 
 DEFAULT_CAPTION_TEMPLATE = "the sound of {label}"
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 
 def build_audio_folder(
@@ -47,7 +49,7 @@ def build_audio_folder(
     splits: str | Sequence[str] | None = None,
     on_missing: str = "error",
     verify_files: bool = False,
-    metadata_file: str = "metadata.csv",
+    metadata_file: str | None = "metadata.csv",
     audio_dir: str = "audio",
     file_column: str = "file_name",
     label_column: str = "label",
@@ -67,7 +69,9 @@ def build_audio_folder(
         splits (`str` or `Sequence[str]`, *optional*): Keep only these splits (of those that exist).
         on_missing (`str`, defaults to ``"error"``): ``"error"`` or ``"skip"`` for missing/corrupt audio files.
         verify_files (`bool`, defaults to `False`): Read each file's header with ``soundfile.info`` (slower).
-        metadata_file (`str`, defaults to ``"metadata.csv"``): CSV path relative to ``data_dir``.
+        metadata_file (`str`, defaults to ``"metadata.csv"``): CSV path relative to ``data_dir``; `None` for a folder
+            of clips named by their label (``dog.mp3``, ``church_bells.wav``): every audio file of ``audio_dir`` is
+            one clip whose label is its file stem.
         audio_dir (`str`, defaults to ``"audio"``): Folder of the clips relative to ``data_dir``; the file column
             may hold sub-paths (``fold1/x.wav``).
         file_column (`str`, defaults to ``"file_name"``): Column with the clip file name.
@@ -100,9 +104,15 @@ def build_audio_folder(
         raise ValueError("Pass split_column or split_fractions, not both.")
     root = as_dir(data_dir, dataset_name or "audio folder")
     name = dataset_name or root.name
-    csv_path = root / metadata_file
-    required = [file_column, label_column] + [c for c in (caption_column, split_column) if c is not None]
-    rows = read_csv_rows(csv_path, required, what=f"a header with {required}")
+    if metadata_file is None:
+        if caption_column is not None or split_column is not None:
+            raise ValueError("caption_column and split_column need a metadata_file.")
+        csv_path = root / audio_dir
+        rows = _rows_from_file_names(csv_path, file_column, label_column)
+    else:
+        csv_path = root / metadata_file
+        required = [file_column, label_column] + [c for c in (caption_column, split_column) if c is not None]
+        rows = read_csv_rows(csv_path, required, what=f"a header with {required}")
     labels = sorted({row[label_column] for row in rows})
     label_ids = {label: index for index, label in enumerate(labels)}
     items = []
@@ -142,6 +152,16 @@ def build_audio_folder(
         dataset_name=name,
         extra_features={"label": Value("string"), "label_id": Value("int64")},
     )
+
+
+def _rows_from_file_names(folder: Path, file_column: str, label_column: str) -> list[dict[str, Any]]:
+    """Metadata rows of a folder of clips named by their label (sorted by file name)."""
+    if not folder.is_dir():
+        raise MissingDataFileError(f"Audio folder {folder} does not exist.")
+    files = sorted(path.name for path in folder.iterdir() if path.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}).")
+    return [{file_column: name, label_column: Path(name).stem, "_line": f"file {name}"} for name in files]
 
 
 def _row_split(row: Mapping[str, Any], split_column: str, source: str) -> str:

@@ -16,14 +16,14 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-__all__ = ["build_datasets", "data_root", "describe_sources"]
+__all__ = ["build_datasets", "build_eval_items", "data_root", "describe_sources"]
 
 DATA_KEYS = {"root", "train", "eval", "fallback_train", "fallback_eval", "collator", "fragments"}
 SOURCE_KEYS = {"builder", "data_dir", "split", "args", "max_items"}
@@ -44,10 +44,11 @@ def data_root(section: dict[str, Any]) -> Path:
 def _source_dir(root: Path, data_dir: str) -> Path:
     if data_dir.startswith("package:"):
         module, _, sub = data_dir[len("package:"):].partition("/")
-        try:
-            return Path(str(importlib.resources.files(module))) / sub
-        except ModuleNotFoundError as error:
-            raise ValueError(f"data: {data_dir!r} names the package {module!r}, which is not installed.") from error
+        # find_spec locates the package without importing it (a data-only package may not import cleanly).
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"data: {data_dir!r} names the package {module!r}, which is not installed.")
+        return Path(next(iter(spec.submodule_search_locations))) / sub
     path = Path(os.path.expandvars(data_dir))
     return path if path.is_absolute() else root / path
 
@@ -119,11 +120,18 @@ def build_datasets(section: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
         raise ValueError(f"data.train must list at least one source (data root {root}).")
     train = _concatenate([_load_source(s, root, "captions", f"data.train[{i}]") for i, s in
                           enumerate(train_sources)], "captions", "data.train")
-    evaluation = None
-    if eval_sources:
-        evaluation = _concatenate([_load_source(s, root, "items", f"data.eval[{i}]") for i, s in
-                                   enumerate(eval_sources)], "items", "data.eval")
-    return train, evaluation
+    return train, build_eval_items(section) if eval_sources else None
+
+
+def build_eval_items(section: dict[str, Any]) -> Dataset:
+    """The evaluation items (items view) of a ``data`` section, with the same fallback rule as `build_datasets`."""
+    root = data_root(section)
+    key = "fallback_eval" if not root.is_dir() and section.get("fallback_train") else "eval"
+    sources = section.get(key) or []
+    if not sources:
+        raise ValueError(f"data.{key} lists no evaluation source (data root {root}).")
+    return _concatenate([_load_source(s, root, "items", f"data.{key}[{i}]") for i, s in enumerate(sources)],
+                        "items", f"data.{key}")
 
 
 def describe_sources(section: dict[str, Any], key: str = "train") -> list[str]:

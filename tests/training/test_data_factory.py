@@ -34,3 +34,21 @@ def test_sources_are_concatenated_with_distinct_item_indices(shared_data):
 def test_bad_data_sections_are_clear(shared_data, section, match):
     with pytest.raises(ValueError, match=match):
         build_datasets({"root": str(shared_data), **section})
+
+
+def test_demo_config_evaluates_unseen_classes_and_falls_back_to_the_packaged_animal_sounds(shared_data, tmp_path):
+    from hf_mltm.training import load_config
+    from hf_mltm.training.data_factory import build_eval_items
+
+    section = dict(load_config("configs/demo.yaml").data, root=str(shared_data))
+    train, evaluation = build_datasets(section)
+    assert len(evaluation) == 80 and len(set(evaluation["label"])) == 10  # ESC-10 of fold 1
+    assert not set(evaluation["label"]) & set(train["label"])  # zero-shot classes are unseen in training
+    # Without the shared data: the 10 CC0 animal sounds, split by a seeded draw into 5 + 5 animals.
+    section["root"] = str(tmp_path / "missing")
+    train, evaluation = build_datasets(section)
+    assert len(train) == len(evaluation) == 5
+    assert sorted([*train["label"], *evaluation["label"]]) == ["cat", "cow", "dog", "duck", "frog", "horse", "owl",
+                                                              "pig", "rooster", "sheep"]
+    assert list(build_eval_items(section)["label"]) == list(evaluation["label"])
+    assert all(path.endswith(".mp3") for path in evaluation["audio"])

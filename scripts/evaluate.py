@@ -127,11 +127,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results = zero_shot_classification(model, items, processor, class_labels(items), template=args.template,
                                            batch_size=args.batch_size, device=device, progress=progress)
     else:
+        fragments_dir = args.fragments_dir
+        if fragments_dir is None and args.config is not None:
+            from hf_mltm.training.config import load_config
+
+            fragments_dir = load_config(args.config).data.get("fragments")
         fragments = None
-        if args.fragments_dir is not None:
+        if fragments_dir is not None:
             from hf_mltm.data import load_grid_features
 
-            fragments = load_grid_features(args.fragments_dir)
+            fragments = load_grid_features(fragments_dir)
         results = evaluate_retrieval(model, items, processor, ranking_modes=args.ranking, batch_size=args.batch_size,
                                      ot_epsilon=args.ot_epsilon, device=device, progress=progress,
                                      return_embeddings=True, fragments=fragments)

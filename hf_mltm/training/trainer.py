@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,17 +93,25 @@ def _freeze_towers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return towers
 
 
-def _collator(model: torch.nn.Module, processor: Any, data_section: dict[str, Any]):
+def _fragments(data_section: dict[str, Any]):
+    """The precomputed image fragments of ``data.fragments`` (a folder of `hf_mltm.data.grid_features` shards,
+    relative to the working directory), or ``None``."""
+    if not data_section.get("fragments"):
+        return None
+    from hf_mltm.data.grid_features import load_grid_features
+
+    return load_grid_features(data_section["fragments"])
+
+
+def _collator(model: torch.nn.Module, processor: Any, data_section: dict[str, Any], fragments=None):
     """The batch collator for the model's modality, with ``data.collator`` keyword arguments."""
     from hf_mltm import data
 
     kwargs = dict(data_section.get("collator") or {})
     if getattr(model.config, "model_type", "") == "omit_image_text":
         tokenizer = getattr(processor, "tokenizer", processor)
-        if data_section.get("fragments"):
-            from hf_mltm.data.grid_features import load_grid_features
-
-            kwargs["fragments"] = load_grid_features(data_section["fragments"])
+        if fragments is not None:
+            kwargs["fragments"] = fragments
         else:
             kwargs["image_processor"] = getattr(processor, "image_processor", None)
         return data.ImageTextCollator(tokenizer, **kwargs)
@@ -144,12 +151,14 @@ def _trackers(names: list[str]) -> list[str]:
     return [name for name in names if importlib.util.find_spec(name) is not None]
 
 
-def _evaluate(model, items, processor, config: ExperimentConfig, device) -> dict[str, Any]:
+def _evaluate(model, items, processor, config: ExperimentConfig, device, fragments=None) -> dict[str, Any]:
     from hf_mltm.evaluation import evaluate_retrieval
 
-    return evaluate_retrieval(model, items, processor, ranking_modes=tuple(config.evaluation.ranking_modes),
-                              batch_size=config.evaluation.batch_size, device=device,
-                              progress=config.training.progress)
+    results = evaluate_retrieval(model, items, processor, ranking_modes=tuple(config.evaluation.ranking_modes),
+                                 batch_size=config.evaluation.batch_size, device=device,
+                                 progress=config.training.progress, fragments=fragments)
+    results.pop("scores", None)  # an image-text model's score matrix: not a metric
+    return results
 
 
 def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -199,6 +208,7 @@ def train(config: ExperimentConfig) -> TrainResult:
     with accelerator.main_process_first():
         model, processor = build_model_and_processor(config.model)
         train_rows, eval_items = build_datasets(config.data)
+        fragments = _fragments(config.data)
     if training.freeze_towers:
         _freeze_towers(model)
     if training.batch_size > len(train_rows) and training.drop_last:
@@ -208,7 +218,7 @@ def train(config: ExperimentConfig) -> TrainResult:
         cache_path = output_dir / "embedding_cache.pt"
         if accelerator.is_main_process and not cache_path.is_file():
             output_dir.mkdir(parents=True, exist_ok=True)
-            cache = EmbeddingCache.build(model, train_rows, _collator(model, processor, config.data),
+            cache = EmbeddingCache.build(model, train_rows, _collator(model, processor, config.data, fragments),
                                          batch_size=config.evaluation.batch_size, progress=training.progress)
             cache.save(cache_path)
         accelerator.wait_for_everyone()
@@ -218,7 +228,7 @@ def train(config: ExperimentConfig) -> TrainResult:
                              "delete the stale cache file.")
         dataset, collate_fn = list(range(len(cache))), cache.collate
     else:
-        dataset, collate_fn = train_rows, _collator(model, processor, config.data)
+        dataset, collate_fn = train_rows, _collator(model, processor, config.data, fragments)
     loader = DataLoader(dataset, batch_size=training.batch_size, drop_last=training.drop_last,
                         sampler=EpochShuffleSampler(len(dataset), config.seed, training.shuffle),
                         collate_fn=collate_fn,
@@ -309,7 +319,7 @@ def train(config: ExperimentConfig) -> TrainResult:
             break
         state.epoch, state.batches_in_epoch = epoch + 1, 0
         if eval_items is not None and config.evaluation.enabled and (epoch + 1) % config.evaluation.every_epochs == 0:
-            _evaluate_and_select(accelerator, unwrapped, processor, eval_items, config, state, log, epoch)
+            _evaluate_and_select(accelerator, unwrapped, processor, eval_items, config, state, log, epoch, fragments)
             model.train()
     progress.close()
     if training.debug_dump_path and accelerator.is_main_process:
@@ -321,11 +331,12 @@ def train(config: ExperimentConfig) -> TrainResult:
     return result
 
 
-def _evaluate_and_select(accelerator, unwrapped, processor, eval_items, config, state, log, epoch) -> None:
+def _evaluate_and_select(accelerator, unwrapped, processor, eval_items, config, state, log, epoch,
+                         fragments=None) -> None:
     """Evaluate on the main process; keep the model in ``output_dir/best`` when the rsum improves."""
     if accelerator.is_main_process:
         unwrapped.eval()
-        metrics = _evaluate(unwrapped, eval_items, processor, config, accelerator.device)
+        metrics = _evaluate(unwrapped, eval_items, processor, config, accelerator.device, fragments)
         mode = config.evaluation.ranking_modes[0]
         score = float(metrics[mode][config.evaluation.select_metric])
         log.write({"type": "eval", "epoch": epoch, "step": state.global_step, "metrics": metrics})
@@ -367,8 +378,7 @@ def _finish(accelerator, unwrapped, processor, config: ExperimentConfig, state: 
             eval_data="; ".join(describe_sources(config.data, "eval")) or None,
             best_epoch=state.best_epoch,
         )
-        if best.is_dir():
-            shutil.rmtree(best)
+        # best/ stays: a run resumed from a checkpoint after this point must still find the best model.
         if config.hub.push_to_hub:
             from .hub import push_folder
 

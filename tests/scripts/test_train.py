@@ -135,3 +135,35 @@ def test_bad_override_is_a_clear_error(tmp_path, shared_data):
     assert result.returncode == 2
     assert "training.learnig_rate" in result.stderr and "learning_rate" in result.stderr
     assert str(config) in result.stderr
+
+
+def test_omit_trains_on_real_flickr8k_grid_fragments_and_reloads(tmp_path, shared_data):
+    from transformers import AutoModel
+
+    from hf_mltm.data import build_flickr8k, extract_grid_features
+    from hf_mltm.models.omit import OMITImageTextModel
+
+    splits = build_flickr8k(shared_data / "flickr8k_1k", view="items")
+    train_items, eval_items = splits["train"].select(range(16)), splits["validation"].select(range(8))
+    images = [*train_items["image"], *eval_items["image"]]
+    item_ids = [*train_items["item_id"], *eval_items["item_id"]]
+    extract_grid_features(images, item_ids, tmp_path / "grid", batch_size=8, progress=False)
+    raw = yaml.safe_load((REPO / "configs" / "flickr8k_omit_small.yaml").read_text())
+    raw["data"]["root"] = str(shared_data)
+    raw["data"]["train"][0]["max_items"] = 16
+    raw["data"]["eval"][0]["max_items"] = 8
+    raw["data"]["fragments"] = str(tmp_path / "grid")
+    raw["model"]["config"].update(embed_dim=32, image_projection_hidden_size=32, vse_warmup_steps=5)
+    raw["training"].update(num_epochs=3, batch_size=16, progress=False, trackers=[], checkpoint_every_steps=100)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run_train(["--config", str(config), "--output_dir", str(tmp_path / "run")])
+    log = read_metrics_log(tmp_path / "run" / "metrics.jsonl")
+    steps = [entry for entry in log if entry.get("type") == "train"]
+    evaluations = [entry for entry in log if entry.get("type") == "eval"]
+    assert len(steps) == 15  # 3 epochs x 80 captions / 16
+    assert len(evaluations) == 3 and set(evaluations[0]["metrics"]["distance"]) == {"text_to_image", "image_to_text",
+                                                                                     "rsum"}
+    model = AutoModel.from_pretrained(tmp_path / "run")
+    assert isinstance(model, OMITImageTextModel) and int(model.loss_steps) == 15
+    assert (tmp_path / "run" / "README.md").read_text().count("text_to_image") >= 1

@@ -16,10 +16,9 @@ items that no finished shard holds.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import datasets
@@ -32,6 +31,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_mltm.models.omit.image_processing_omit import OMITImageProcessor
+
+from ._common import quiet_progress_bars
 
 __all__ = [
     "EfficientNetLite0GridEncoder",
@@ -341,7 +342,7 @@ def load_grid_features(output_dir: PathLike) -> datasets.Dataset:
                     f"item_id {item_id!r} is in both {seen[item_id]} and {shard.path}; delete one of the shards."
                 )
             seen[item_id] = shard.path
-    with _quiet_datasets():
+    with quiet_progress_bars():
         return datasets.Dataset.from_parquet(
             [str(shard.path) for shard in shards], features=shards[0].features, split="train"
         )
@@ -470,13 +471,3 @@ def _shard_number(path: Path) -> int:
     return int(number) if number.isdigit() else -1
 
 
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Hide datasets' own progress bars for a moment, restoring the caller's setting afterwards."""
-    was_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not was_disabled:
-            datasets.enable_progress_bars()

@@ -18,6 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..audio import load_audio
+from ..data import class_prompts
+from ..data._common import label_text
 from .ranking import ranks_from_cost, retrieval_ranks
 from .retrieval import retrieval_metrics
 
@@ -134,11 +136,6 @@ def _flatten_captions(items) -> tuple[list[str], torch.Tensor]:
         texts.extend(captions)
         owners.extend([row] * len(captions))
     return texts, torch.tensor(owners, dtype=torch.long)
-
-
-def _label_text(label: Any) -> str:
-    """Human-readable class name: underscores become spaces, runs of spaces collapse (``"chirping_birds"``)."""
-    return " ".join(str(label).replace("_", " ").split())
 
 
 def _model_device(model, device: str | torch.device | None) -> torch.device:
@@ -348,20 +345,20 @@ def zero_shot_classification(
     _check_columns(items, ("audio", "label"), "zero-shot classification")
     if "{label}" not in template:
         raise ValueError(f"template {template!r} has no '{{label}}' field to put the class name in.")
-    names = [_label_text(label) for label in labels]
+    names = [label_text(label) for label in labels]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"labels must be a non-empty list of distinct class names, got {list(labels)}.")
     position = {name: index for index, name in enumerate(names)}
     references = []
     for row, label in enumerate(items["label"]):
-        name = _label_text(label)
+        name = label_text(label)
         if name not in position:
             raise ValueError(
                 f"Row {row} of the items dataset has label {label!r}, which is not among the {len(names)} labels "
                 f"given (e.g. {names[:3]}): pass every class of the dataset."
             )
         references.append(position[name])
-    prompts = [template.format(label=name) for name in names]
+    prompts = class_prompts(names, template)
     device = _model_device(model, device)
     model.eval()
     audio_embeds = _embed_audio(model, items, processor, batch_size, device, progress)  # (N, d)

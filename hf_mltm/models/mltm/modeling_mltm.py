@@ -20,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 # Non-sibling imports are absolute: a saved folder loaded with trust_remote_code gets only this family's files.
+from hf_mltm.models.attention import restore_attention_implementation
 from hf_mltm.ot import (
     MahalanobisMetric,
     contrastive_entropy_loss,
@@ -160,6 +161,7 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
         super().__init__(config)
         self.audio_model = audio_model if audio_model is not None else _audio_model_from_config(config.audio_config)
         self.text_model = text_model if text_model is not None else _text_model_from_config(config.text_config)
+        restore_attention_implementation(self.audio_model, self.text_model)
         self.config.audio_config = self.audio_model.config
         self.config.text_config = self.text_model.config
         self.audio_projection = MLTMProjection(

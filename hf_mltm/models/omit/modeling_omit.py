@@ -22,6 +22,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 # Non-sibling imports are absolute: a saved folder loaded with trust_remote_code gets only this family's files.
+from hf_mltm.models.attention import restore_attention_implementation
 from hf_mltm.ot import FragmentOTScores, contrastive_loss, fragment_ot_scores, mltm_loss, triplet_loss
 
 from .configuration_omit import OMITImageTextConfig
@@ -168,6 +169,7 @@ class OMITImageTextModel(OMITPreTrainedModel):
             vision_model = AutoModel.from_config(config.vision_config)
         self.vision_model = vision_model
         self.text_model = text_model if text_model is not None else AutoModel.from_config(config.text_config)
+        restore_attention_implementation(self.vision_model, self.text_model)
         if self.vision_model is not None:
             self.config.vision_config = self.vision_model.config
         self.config.text_config = self.text_model.config

@@ -329,3 +329,19 @@ def test_bf16_autocast_on_real_towers_is_finite(real_model_dir, esc50_clips):
         out = model(**batch, return_loss=True)
     assert torch.isfinite(out.loss) and torch.isfinite(out.logits_per_audio).all()
     assert model.metric.weight.dtype == torch.float32
+
+
+def test_a_ready_made_text_tower_keeps_its_padding_mask(minilm_dir):
+    # Regression: composing the config reset the tower's attention implementation to None, and BERT then let padded
+    # captions attend to their padding, so a caption's embedding depended on the batch it was padded in.
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    reference = AutoModel.from_pretrained(minilm_dir).eval()
+    tower = AutoModel.from_pretrained(minilm_dir)
+    config = MLTMAudioTextConfig(audio_config=PannsConfig(variant="cnn10", channels=[8, 8, 8, 16], num_mel_bins=MEL),
+                                 text_config=tower.config, projection_hidden_size=32, projection_dim=16)
+    model = MLTMAudioTextModel(config, text_model=tower).eval()
+    batch = tokenizer(["a dog barks twice in the distance", "rain"], padding=True, return_tensors="pt")
+    alone = tokenizer(["rain"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_model(**batch).last_hidden_state, reference(**batch).last_hidden_state)
+        torch.testing.assert_close(model.embed_text(**batch)[1], model.embed_text(**alone)[0], atol=1e-5, rtol=0)

@@ -319,3 +319,16 @@ def test_twenty_training_steps_on_real_flickr8k_fragments_lower_the_loss(flickr8
     assert int(model.loss_steps) == 20
     after = eval_loss()
     assert after < 0.7 * before, (before, after)
+
+
+def test_a_ready_made_text_tower_keeps_its_padding_mask(minilm_dir):
+    # Regression: composing the config reset the tower's attention implementation to None, and BERT then let padded
+    # captions attend to their padding (token states changed by up to 2.2 on a padded batch).
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    reference = AutoModel.from_pretrained(minilm_dir).eval()
+    tower = AutoModel.from_pretrained(minilm_dir)
+    model = OMITImageTextModel(OMITImageTextConfig(image_fragment_dim=FRAGMENT_DIM, text_config=tower.config),
+                               text_model=tower).eval()
+    batch = tokenizer(["a dog runs across the grass", "two kids"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_model(**batch).last_hidden_state, reference(**batch).last_hidden_state)

@@ -136,45 +136,74 @@ def _relax(previous: torch.Tensor, target: torch.Tensor, omega: float) -> torch.
     return torch.where(target > 0, relaxed, torch.zeros_like(target))
 
 
+def _matvec(kernel: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``K v`` ``(..., n)`` for kernels ``(..., n, m)``; written as ``v^T K^T``, which the batched CPU GEMM runs about
+    4x faster than ``K @ v[..., None]`` for these small matrices."""
+    return (v[..., None, :] @ kernel.transpose(-1, -2))[..., 0, :]
+
+
 def _kernel_sinkhorn(kernel, a, b, slack, max_iter, tol, check_every):
-    """Sinkhorn scalings for the kernels ``(b, C, R, L)`` (all pairs of the chunk at once); with ``slack = 1 - mass
-    > 0`` for the problem augmented by one dummy fragment per side, without materialising it: the dummy column has
-    kernel 1 to every real row, the dummy row kernel 1 to every real column and 0 to the dummy column.
+    """Sinkhorn scalings for the kernels ``(N, R, L)`` of ``N`` independent pairs; with ``slack = 1 - mass > 0`` for
+    the problem augmented by one dummy fragment per side, without materialising it: the dummy column has kernel 1 to
+    every real row, the dummy row kernel 1 to every real column and 0 to the dummy column.
 
     The scaling updates are over-relaxed with the adaptive factor of the balanced solver (`_Overrelaxation`: the
     plain rate is measured first, then ``omega`` is raised towards Young's optimum and backed off on divergence);
-    the fixed point does not depend on ``omega``. Returns the `_Solution`, the per-pair L1 marginal error (rows from
-    the next ``K v``, columns from the ``K^T u`` of the last update: no extra products) and the iterations run.
+    the fixed point does not depend on ``omega``. Pairs are independent, so a pair that reaches ``tol`` stops
+    iterating: at a check where at most half of the still-active pairs remain unconverged, those are gathered into
+    a smaller batch (most pairs converge in a few iterations; a few need many). Returns the `_Solution`, the
+    per-pair L1 marginal error (rows from the next ``K v``, columns from the ``K^T u`` of the last update: no extra
+    products) and the iterations run.
     """
     partial = slack > 0
-    v = (b > 0).to(kernel.dtype)
-    v_dummy = torch.ones_like(v[..., 0]) if partial else None
-    u = torch.ones_like(a)
-    kv = (kernel @ v[..., None])[..., 0]  # (b, C, R)
+    count = kernel.shape[0]
+    solution = {"u": torch.ones_like(a), "v": (b > 0).to(kernel.dtype)}
+    if partial:
+        solution["u_dummy"] = torch.zeros_like(a[:, 0])
+        solution["v_dummy"] = torch.ones_like(a[:, 0])
+    error = torch.full((count,), math.inf, dtype=kernel.dtype, device=kernel.device)
+    active = torch.arange(count, device=kernel.device)  # pairs still iterating, as indices into all N
+    state = dict(solution)  # the active pairs' scalings
     relaxation, omega = _Overrelaxation(), 1.0
-    error = None
+    kv = _matvec(kernel, state["v"])  # (n_active, R)
+    iteration = 0
     for iteration in range(1, max_iter + 1):
-        row_total = kv + v_dummy[..., None] if partial else kv
+        u, v = state["u"], state["v"]
+        row_total = kv + state["v_dummy"][:, None] if partial else kv
         u = _relax(u, a / row_total, omega)
-        u_dummy = slack / v.sum(-1) if partial else None
-        col_total = (u[..., None, :] @ kernel)[..., 0, :]  # (b, C, L)
+        col_total = (u[:, None, :] @ kernel)[:, 0, :]  # (n_active, L)
         if partial:
-            col_total = col_total + u_dummy[..., None]
-            v_dummy = slack / u.sum(-1)
+            state["u_dummy"] = slack / v.sum(-1)
+            col_total = col_total + state["u_dummy"][:, None]
+            state["v_dummy"] = slack / u.sum(-1)
         v = _relax(v, b / col_total, omega)
-        kv = (kernel @ v[..., None])[..., 0]
-        if iteration % check_every == 0 or iteration == max_iter:
-            row_total = kv + v_dummy[..., None] if partial else kv
-            error = (u * row_total - a).abs().sum(-1) + (v * col_total - b).abs().sum(-1)
-            if partial:
-                error = error + (u_dummy * v.sum(-1) - slack).abs() + (v_dummy * u.sum(-1) - slack).abs()
-            worst = error.max().item()
-            if tol > 0 and worst < tol:
-                break
-            if not math.isfinite(worst):
-                raise ValueError("fragment OT diverged (non-finite scalings); the fragments must be L2-normalised.")
-            omega = relaxation.update(worst, check_every)
-    return _Solution(u, v, u_dummy if partial else None, v_dummy), error, iteration
+        kv = _matvec(kernel, v)
+        state["u"], state["v"] = u, v
+        if iteration % check_every and iteration != max_iter:
+            continue
+        row_total = kv + state["v_dummy"][:, None] if partial else kv
+        active_error = (u * row_total - a).abs().sum(-1) + (v * col_total - b).abs().sum(-1)
+        if partial:
+            active_error = (active_error + (state["u_dummy"] * v.sum(-1) - slack).abs()
+                            + (state["v_dummy"] * u.sum(-1) - slack).abs())
+        error[active] = active_error
+        worst = active_error.max().item()
+        if not math.isfinite(worst):
+            raise ValueError("fragment OT diverged (non-finite scalings); the fragments must be L2-normalised.")
+        if tol > 0 and worst < tol:
+            break
+        omega = relaxation.update(worst, check_every)
+        if tol > 0:
+            keep = active_error >= tol
+            if 2 * int(keep.sum()) <= len(active):  # compact: write the converged pairs back, drop them
+                for key, value in state.items():
+                    solution[key][active] = value
+                active = active[keep]
+                kernel, a, b, kv = kernel[keep], a[keep], b[keep], kv[keep]
+                state = {key: value[keep] for key, value in state.items()}
+    for key, value in state.items():
+        solution[key][active] = value
+    return _Solution(solution["u"], solution["v"], solution.get("u_dummy"), solution.get("v_dummy")), error, iteration
 
 
 def _kernel(similarity: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -186,7 +215,11 @@ def _solve_chunk(problem: _Problem, rows: slice, similarity: torch.Tensor):
     """Scores ``(b, C)``, plans, `_Solution`, per-pair error and iterations of one chunk."""
     a, b = problem.marginals(rows)
     kernel = _kernel(similarity, problem.epsilon)
-    solution, error, n_iter = _kernel_sinkhorn(kernel, a, b, 1 - problem.mass, **problem.solver)
+    shape = kernel.shape
+    flat, error, n_iter = _kernel_sinkhorn(kernel.reshape(-1, *shape[-2:]), a.reshape(-1, shape[-2]),
+                                           b.reshape(-1, shape[-1]), 1 - problem.mass, **problem.solver)
+    solution = _Solution(*(None if value is None else value.reshape(*shape[:-2], *value.shape[1:]) for value in flat))
+    error = error.reshape(shape[:-2])
     plan = kernel.mul_(solution.u[..., :, None]).mul_(solution.v[..., None, :])  # (b, C, R, L), in place of K
     scores = (plan * similarity).sum((-2, -1)) / problem.mass
     return scores, plan, solution, error, n_iter
@@ -245,9 +278,23 @@ def _adjoint_gradient(plan: torch.Tensor, upstream: torch.Tensor, epsilon: float
     schur = torch.diag_embed(col_mass.double() + (1 - valid)) - gram.double() + valid[..., :, None] * valid[..., None, :]
     rhs = col_rhs - ((row_rhs * inv_row)[..., None, :] @ plan)[..., 0, :]
     mu = torch.linalg.solve(schur, rhs.double()).to(plan.dtype)  # (..., m)
-    lam = (row_rhs - (plan @ mu[..., None])[..., 0]) * inv_row
+    lam = (row_rhs - _matvec(plan, mu)) * inv_row
     weighted.sub_(plan * (lam[..., :, None] + mu[..., None, :]))  # P * (H - lambda_i - mu_j)
     return weighted.div_(-epsilon)
+
+
+def _pair_gradient(similarity, plan, solution: _Solution, weight, epsilon: float) -> torch.Tensor:
+    """``dL/dS`` ``(..., R, L)`` of ``L = sum(weight * score)`` for pairs with plans ``(..., R, L)``."""
+    R, L = plan.shape[-2:]
+    weight = weight[..., None, None]
+    upstream = weight * similarity  # dL/dP on the real block; the dummy entries do not enter the score
+    if solution.u_dummy is None:
+        grad_cost = _adjoint_gradient(plan, upstream, epsilon)
+    else:
+        full_plan = _augmented_plan(plan, solution)
+        grad_cost = _adjoint_gradient(full_plan, F.pad(upstream, (0, 1, 0, 1)), epsilon)[..., :R, :L]
+    # score = <P, S> / mass with cost 1 - S: the explicit term plus the term through the plan.
+    return grad_cost.neg_().add_(weight * plan)
 
 
 class _FragmentOTScoreFunction(torch.autograd.Function):
@@ -263,7 +310,6 @@ class _FragmentOTScoreFunction(torch.autograd.Function):
     def backward(ctx, grad_scores):
         image_fragments, text_fragments = ctx.saved_tensors
         problem: _Problem = ctx.problem
-        R, L = problem.shape[2:]
         grad_image = torch.zeros_like(image_fragments) if ctx.needs_input_grad[0] else None
         grad_text = torch.zeros_like(text_fragments) if ctx.needs_input_grad[1] else None
         for rows, (solution, cached) in zip(problem.chunks(), ctx.saved, strict=True):
@@ -272,15 +318,15 @@ class _FragmentOTScoreFunction(torch.autograd.Function):
             else:
                 similarity = problem.similarity(rows)
                 plan = _kernel(similarity, problem.epsilon).mul_(solution.u[..., :, None]).mul_(solution.v[..., None, :])
-            weight = (grad_scores[rows] / problem.mass)[..., None, None]  # (b, C, 1, 1): dL/dscore / mass
-            upstream = weight * similarity  # dL/dP on the real block; the dummy entries do not enter the score
-            if solution.u_dummy is None:
-                grad_cost = _adjoint_gradient(plan, upstream, problem.epsilon)
+            weight = grad_scores[rows] / problem.mass  # (b, C): dL/dscore / mass
+            pairs = weight != 0  # pairs without upstream gradient (e.g. inactive hinge terms) contribute nothing
+            if bool(pairs.all()):
+                grad_similarity = _pair_gradient(similarity, plan, solution, weight, problem.epsilon)
             else:
-                full_plan = _augmented_plan(plan, solution)
-                grad_cost = _adjoint_gradient(full_plan, F.pad(upstream, (0, 1, 0, 1)), problem.epsilon)[..., :R, :L]
-            # score = <P, S> / mass with cost 1 - S: the explicit term plus the term through the plan.
-            grad_similarity = grad_cost.neg_().add_(weight * plan)  # (b, C, R, L)
+                grad_similarity = torch.zeros_like(similarity)
+                pair_solution = _Solution(*(None if value is None else value[pairs] for value in solution))
+                grad_similarity[pairs] = _pair_gradient(similarity[pairs], plan[pairs], pair_solution,
+                                                        weight[pairs], problem.epsilon)
             if grad_image is not None:
                 grad_image[rows] = torch.einsum("bcrl,cld->brd", grad_similarity, text_fragments)
             if grad_text is not None:

@@ -51,6 +51,8 @@ def test_scores_and_implicit_gradient_match_unrolled_float64_autograd(mass):
     text = fragments(4, 5, seed=2).requires_grad_()
     image_mask, text_mask = masks([6, 4, 5], 6), masks([5, 3, 4, 2], 5)
     weights = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    weights[1] = 0  # pairs without upstream gradient take the sparse backward path
+    weights[0, 2] = 0
     ours = fragment_ot_scores(image, text, image_mask, text_mask, 0.1, mass=mass, tol=1e-13, max_iter=20000)
     assert ours.marginal_error < 1e-13
     grads = torch.autograd.grad((ours.scores * weights).sum(), (image, text))
@@ -93,7 +95,7 @@ def test_plans_respect_masks_and_marginals_in_float32():
     expected_rows = image_mask.float() / image_mask.sum(-1, keepdim=True)
     expected_cols = text_mask.float() / text_mask.sum(-1, keepdim=True)
     torch.testing.assert_close(plans.sum(-1), expected_rows[:, None].expand(5, 6, 9), atol=1e-5, rtol=0)
-    torch.testing.assert_close(plans.sum(-2), expected_cols[None].expand(5, 6, 8), atol=1e-6, rtol=0)
+    torch.testing.assert_close(plans.sum(-2), expected_cols[None].expand(5, 6, 8), atol=1e-5, rtol=0)
 
 
 def test_chunked_scoring_equals_unchunked_in_forward_and_backward():

@@ -456,7 +456,9 @@ class OMITImageTextModel(OMITPreTrainedModel):
                 sharing an id are positives of each other in the loss.
             return_loss (`bool`, *optional*): compute ``config.loss_type`` (needs ``B == T``).
             output_transport_plans (`bool`): also return the fragment plans ``(B, T, R, L)``.
-            output_loss_inputs (`bool`): also return ``loss_inputs`` (see `OMITImageTextOutput`).
+            output_loss_inputs (`bool`): also return ``loss_inputs`` (see `OMITImageTextOutput`). Without
+                ``return_loss`` and ``output_transport_plans`` the output then holds only ``loss_inputs`` (and the
+                tower outputs): the all-pairs OT is left to `loss_from_inputs` on the gathered global batch.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (pixel_values is None) == (image_fragments is None):
@@ -473,12 +475,17 @@ class OMITImageTextModel(OMITPreTrainedModel):
             text_outputs = self._text_tower_states(input_ids, attention_mask, token_type_ids)
             text_hidden_states = text_outputs.last_hidden_state
         texts, text_mask = self.project_text_fragments(text_hidden_states, attention_mask)
+        loss_inputs = {"image_fragments": images, "image_fragment_mask": image_mask, "text_fragments": texts,
+                       "text_fragment_mask": text_mask}
+        if output_loss_inputs and not return_loss and not output_transport_plans:
+            # A trainer scores the gathered global batch with loss_from_inputs: skip the local all-pairs OT.
+            output = OMITImageTextOutput(loss_inputs=loss_inputs, vision_model_output=vision_outputs,
+                                         text_model_output=text_outputs)
+            return output if return_dict else output.to_tuple()
         result = self.pair_scores(images, image_mask, texts, text_mask, return_plans=output_transport_plans)
         scores = result.scores
         loss = self.matching_loss(scores, item_ids) if return_loss else None
         logits_per_image = scores / self.config.temperature
-        loss_inputs = {"image_fragments": images, "image_fragment_mask": image_mask, "text_fragments": texts,
-                       "text_fragment_mask": text_mask}
         output = OMITImageTextOutput(
             loss=loss,
             logits_per_image=logits_per_image,

@@ -164,6 +164,10 @@ def test_cached_tower_outputs_and_loss_inputs_reproduce_the_forward():
     torch.testing.assert_close(cached.scores, full.scores)
     torch.testing.assert_close(cached.loss, full.loss)
     torch.testing.assert_close(model.loss_from_inputs(full.loss_inputs), full.loss)
+    # What a trainer asks for: only the loss inputs; the all-pairs OT is left to loss_from_inputs.
+    trainer_view = model(**inputs, output_loss_inputs=True)
+    assert trainer_view.logits_per_image is None
+    torch.testing.assert_close(model.loss_from_inputs(trainer_view.loss_inputs), full.loss)
 
 
 def test_score_retrieval_encodes_once_and_matches_the_forward_scores():

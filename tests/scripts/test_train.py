@@ -4,6 +4,7 @@ Tiny random towers (frozen), the MiniLM tokenizer and a few real ESC-50 clips ke
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -179,3 +180,17 @@ def test_omit_trains_on_real_flickr8k_grid_fragments_and_reloads(tmp_path, share
     for direction in ("text_to_image", "image_to_text"):
         for metric in ("R@1", "R@5", "R@10", "medR"):
             assert evaluated["distance"][direction][metric] == pytest.approx(best["metrics"]["distance"][direction][metric])
+
+
+def test_bf16_mixed_precision_with_gradient_accumulation_trains_without_the_cache(tmp_path, shared_data):
+    config = tiny_config(tmp_path, shared_data, mixed_precision="bf16", gradient_accumulation_steps=2,
+                         embedding_cache=False, num_epochs=1)
+    run_train(["--config", str(config), "--output_dir", str(tmp_path / "run"), "--training.max_steps", "2",
+               "--evaluation.enabled", "false"])
+    steps = [entry for entry in read_metrics_log(tmp_path / "run" / "metrics.jsonl") if entry.get("type") == "train"]
+    assert [entry["step"] for entry in steps] == [1, 2]  # two optimizer steps of two micro-batches each
+    assert all(math.isfinite(entry["loss"]) for entry in steps)
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tmp_path / "run")
+    assert model.metric.weight.dtype == torch.float32  # the OT metric stays float32 under bf16

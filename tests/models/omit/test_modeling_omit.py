@@ -336,3 +336,26 @@ def test_a_ready_made_text_tower_keeps_its_padding_mask(minilm_dir):
     batch = tokenizer(["a dog runs across the grass", "two kids"], padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(model.text_model(**batch).last_hidden_state, reference(**batch).last_hidden_state)
+
+
+def test_saved_folder_loads_with_trust_remote_code_in_a_fresh_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model = OMITImageTextModel(tiny_config(partial_matching="top_fraction")).eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "modeling_omit.py").exists() and (tmp_path / "configuration_omit.py").exists()
+    inputs = tiny_inputs()
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = (
+        "import torch\n"
+        "from transformers import AutoModel\n"
+        f"model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
+        "assert type(model).__module__.startswith('transformers_modules'), type(model).__module__\n"
+        f"inputs = torch.load({str(tmp_path / 'inputs.pt')!r})\n"
+        f"torch.save(model(**inputs).logits_per_image, {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    subprocess.run([sys.executable, "-c", script], check=True, env=environment, cwd=tmp_path, timeout=300)
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(**inputs).logits_per_image, atol=0, rtol=0)

@@ -12,6 +12,7 @@ Any ``--section.key value`` (or ``--section.key=value``) overrides the file; val
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from hf_mltm.training import load_config, train
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, HubAccessError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
+        return 0
     print(f"done: {result.global_step} steps in {result.train_seconds:.1f} s; model saved to {result.output_dir}"
           + (f" (best epoch {result.best_epoch})" if result.best_epoch else ""))
     return 0

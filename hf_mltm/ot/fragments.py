@@ -44,6 +44,8 @@ __all__ = ["FragmentOTScores", "fragment_ot_scores"]
 # The kernel exp((S - 1) / eps) spans [exp(-2 / eps), 1]; below this epsilon it could leave the float32 range, so the
 # solve runs in float64, whose range covers epsilon down to _MIN_EPSILON.
 _FLOAT32_MIN_EPSILON = 0.03
+# At most this fraction of pairs with upstream gradient, the backward works pair by pair (`_accumulate_sparse`).
+_SPARSE_BACKWARD_DENSITY = 0.25
 _MIN_EPSILON = 0.003
 
 
@@ -297,6 +299,33 @@ def _pair_gradient(similarity, plan, solution: _Solution, weight, epsilon: float
     return grad_cost.neg_().add_(weight * plan)
 
 
+def _accumulate_sparse(pairs, pair_grads, image_chunk, text_fragments, grad_image, grad_text) -> None:
+    """Fragment gradients from the ``dL/dS`` blocks ``(n, R, L)`` of the ``n`` pairs marked in ``pairs`` ``(b, C)``
+    (row-major order), without the dense ``(b, C, R, L)`` gradient: per image one GEMM
+    ``(R, k L) x (k L, d)`` over its ``k`` pairs, and per caption one ``(L, k R) x (k R, d)``. At a density of about
+    12 % (a VSE hinge on 128 x 128 scores) this is about 3x faster than the two dense GEMMs."""
+    image_index, caption_index = pairs.nonzero(as_tuple=True)
+    R, L = pair_grads.shape[-2:]
+    if grad_image is not None:
+        start = 0
+        for image, count in enumerate(pairs.sum(1).tolist()):
+            if count:
+                block = pair_grads[start:start + count].permute(1, 0, 2).reshape(R, count * L)  # (R, k L)
+                captions = text_fragments[caption_index[start:start + count]].reshape(count * L, -1)
+                grad_image[image] = block @ captions
+            start += count
+    if grad_text is not None:
+        order = torch.argsort(caption_index, stable=True)
+        image_index, by_caption = image_index[order], pair_grads[order]
+        start = 0
+        for caption, count in enumerate(pairs.sum(0).tolist()):
+            if count:
+                block = by_caption[start:start + count].permute(2, 0, 1).reshape(L, count * R)  # (L, k R)
+                images = image_chunk[image_index[start:start + count]].reshape(count * R, -1)
+                grad_text[caption] += block @ images
+            start += count
+
+
 class _FragmentOTScoreFunction(torch.autograd.Function):
     """Attaches the implicit gradient to scores solved by `_solve_all` (the forward only passes them through)."""
 
@@ -320,6 +349,14 @@ class _FragmentOTScoreFunction(torch.autograd.Function):
                 plan = _kernel(similarity, problem.epsilon).mul_(solution.u[..., :, None]).mul_(solution.v[..., None, :])
             weight = grad_scores[rows] / problem.mass  # (b, C): dL/dscore / mass
             pairs = weight != 0  # pairs without upstream gradient (e.g. inactive hinge terms) contribute nothing
+            image_chunk = image_fragments[rows]
+            if float(pairs.float().mean()) <= _SPARSE_BACKWARD_DENSITY:
+                pair_solution = _Solution(*(None if value is None else value[pairs] for value in solution))
+                pair_grads = _pair_gradient(similarity[pairs], plan[pairs], pair_solution, weight[pairs],
+                                            problem.epsilon)  # (n, R, L), pairs in row-major order
+                _accumulate_sparse(pairs, pair_grads, image_chunk, text_fragments,
+                                   None if grad_image is None else grad_image[rows], grad_text)
+                continue
             if bool(pairs.all()):
                 grad_similarity = _pair_gradient(similarity, plan, solution, weight, problem.epsilon)
             else:
@@ -330,7 +367,7 @@ class _FragmentOTScoreFunction(torch.autograd.Function):
             if grad_image is not None:
                 grad_image[rows] = torch.einsum("bcrl,cld->brd", grad_similarity, text_fragments)
             if grad_text is not None:
-                grad_text += torch.einsum("bcrl,brd->cld", grad_similarity, image_fragments[rows])
+                grad_text += torch.einsum("bcrl,brd->cld", grad_similarity, image_chunk)
         return grad_image, grad_text, None, None, None
 
 

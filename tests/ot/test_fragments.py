@@ -151,3 +151,24 @@ def test_invalid_inputs_raise(kwargs, match):
     image, text = fragments(2, 5, seed=17), fragments(2, 4, seed=18)
     with pytest.raises(ValueError, match=match):
         fragment_ot_scores(image, text, **kwargs)
+
+
+@pytest.mark.parametrize("chunk", [None, 10])
+def test_sparse_backward_equals_the_dense_backward(monkeypatch, chunk):
+    import hf_mltm.ot.fragments as fragments_module
+
+    image = fragments(6, 7, seed=19).requires_grad_()
+    text = fragments(5, 4, seed=20).requires_grad_()
+    image_mask, text_mask = masks([7, 3, 5, 6, 2, 7], 7), masks([4, 2, 3, 4, 1], 4)
+    weights = torch.zeros(6, 5, dtype=torch.float64)
+    weights[0, 1], weights[2, 2], weights[3, 0], weights[5, 4], weights[5, 1] = 1.0, -0.5, 2.0, 0.3, -1.2  # 1/6
+    grads = {}
+    for name, threshold in (("sparse", 1.0), ("dense", -1.0)):
+        monkeypatch.setattr(fragments_module, "_SPARSE_BACKWARD_DENSITY", threshold)
+        out = fragment_ot_scores(image, text, image_mask, text_mask, 0.05, tol=1e-12, max_iter=5000,
+                                 pair_chunk_size=chunk)
+        grads[name] = torch.autograd.grad((out.scores * weights).sum(), (image, text))
+    for sparse, dense in zip(grads["sparse"], grads["dense"], strict=True):
+        assert dense.abs().max() > 1e-3
+        torch.testing.assert_close(sparse, dense, atol=1e-12, rtol=0)
+    assert grads["sparse"][0][1].abs().max() == 0  # image 1 has no pair with upstream gradient

@@ -66,7 +66,7 @@ class FragmentOTScores(NamedTuple):
     n_iter: int
 
 
-def _pair_mask(mask: torch.Tensor | None, own: int, other: int, size: int, name: str, device) -> torch.Tensor:
+def _pair_mask(mask: torch.Tensor | None, own: int, size: int, name: str, device) -> torch.Tensor:
     """A ``(B, C, size)``-broadcastable bool mask from ``None``, ``(own, size)`` or ``(B, C, size)``."""
     if mask is None:
         return torch.ones(1, 1, size, dtype=torch.bool, device=device)
@@ -87,8 +87,8 @@ class _Problem:
         self.image_fragments, self.text_fragments = image_fragments, text_fragments
         B, R, _ = image_fragments.shape
         C, L, _ = text_fragments.shape
-        self.image_mask = _pair_mask(image_mask, B, C, R, "image_mask", image_fragments.device)
-        self.text_mask = _pair_mask(text_mask, C, B, L, "text_mask", image_fragments.device)
+        self.image_mask = _pair_mask(image_mask, B, R, "image_mask", image_fragments.device)
+        self.text_mask = _pair_mask(text_mask, C, L, "text_mask", image_fragments.device)
         self.epsilon, self.mass, self.solver, self.chunk_rows = epsilon, mass, solver, chunk_rows
         self.shape = (B, C, R, L)
 
@@ -213,6 +213,11 @@ def _kernel(similarity: torch.Tensor, epsilon: float) -> torch.Tensor:
     return similarity.sub(1).div_(epsilon).exp_()
 
 
+def _plan(kernel: torch.Tensor, solution: _Solution) -> torch.Tensor:
+    """The real block ``u_r K_rl v_l`` of the plan, computed in place of ``kernel``."""
+    return kernel.mul_(solution.u[..., :, None]).mul_(solution.v[..., None, :])
+
+
 def _solve_chunk(problem: _Problem, rows: slice, similarity: torch.Tensor):
     """Scores ``(b, C)``, plans, `_Solution`, per-pair error and iterations of one chunk."""
     a, b = problem.marginals(rows)
@@ -222,7 +227,7 @@ def _solve_chunk(problem: _Problem, rows: slice, similarity: torch.Tensor):
                                            b.reshape(-1, shape[-1]), 1 - problem.mass, **problem.solver)
     solution = _Solution(*(None if value is None else value.reshape(*shape[:-2], *value.shape[1:]) for value in flat))
     error = error.reshape(shape[:-2])
-    plan = kernel.mul_(solution.u[..., :, None]).mul_(solution.v[..., None, :])  # (b, C, R, L), in place of K
+    plan = _plan(kernel, solution)  # (b, C, R, L)
     scores = (plan * similarity).sum((-2, -1)) / problem.mass
     return scores, plan, solution, error, n_iter
 
@@ -346,7 +351,7 @@ class _FragmentOTScoreFunction(torch.autograd.Function):
                 similarity, plan = cached
             else:
                 similarity = problem.similarity(rows)
-                plan = _kernel(similarity, problem.epsilon).mul_(solution.u[..., :, None]).mul_(solution.v[..., None, :])
+                plan = _plan(_kernel(similarity, problem.epsilon), solution)
             weight = grad_scores[rows] / problem.mass  # (b, C): dL/dscore / mass
             pairs = weight != 0  # pairs without upstream gradient (e.g. inactive hinge terms) contribute nothing
             image_chunk = image_fragments[rows]

@@ -32,7 +32,7 @@ from .model_factory import build_model_and_processor
 
 __all__ = ["EpochShuffleSampler", "TrainResult", "TrainerState", "train"]
 
-TOWER_ATTRIBUTES = ("audio_model", "text_model", "vision_model", "image_model")
+TOWER_ATTRIBUTES = ("audio_model", "text_model", "vision_model")
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_(\d+)$")
 
 

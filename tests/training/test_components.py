@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from hf_mltm.tensors import pad_and_stack
 from hf_mltm.training import (
     EmbeddingCache,
     EpochShuffleSampler,
@@ -10,7 +11,6 @@ from hf_mltm.training import (
     write_model_card,
 )
 from hf_mltm.training.config import ExperimentConfig
-from hf_mltm.training.embedding_cache import pad_and_stack
 from hf_mltm.training.hub import HubAccessError, check_hub_access
 from hf_mltm.training.trainer import _lr_lambda, latest_checkpoint
 

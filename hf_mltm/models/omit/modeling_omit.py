@@ -24,6 +24,7 @@ from transformers.utils import ModelOutput
 # Non-sibling imports are absolute: a saved folder loaded with trust_remote_code gets only this family's files.
 from hf_mltm.models.attention import restore_attention_implementation
 from hf_mltm.ot import FragmentOTScores, contrastive_loss, fragment_ot_scores, mltm_loss, triplet_loss
+from hf_mltm.tensors import pad_and_stack
 
 from .configuration_omit import OMITImageTextConfig
 
@@ -122,13 +123,6 @@ def _batched(inputs: Mapping[str, torch.Tensor], batch_size: int) -> list[dict[s
     count = len(next(iter(inputs.values())))
     return [{key: value[start:start + batch_size] for key, value in inputs.items()}
             for start in range(0, count, batch_size)]
-
-
-def _pad_and_stack(tensors: list[torch.Tensor], value=0) -> torch.Tensor:
-    """Stack ``(n_i, k_i, ...)`` tensors into ``(sum n_i, max k_i, ...)``, padding dim 1 with ``value``."""
-    width = max(t.shape[1] for t in tensors)
-    padded = [F.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=value) for t in tensors]
-    return torch.cat(padded)
 
 
 class OMITImageTextModel(OMITPreTrainedModel):
@@ -422,7 +416,8 @@ class OMITImageTextModel(OMITPreTrainedModel):
             batches = _batched(inputs, batch_size) if isinstance(inputs, Mapping) else inputs
             encoded = [encode(**{key: value.to(self.device) for key, value in batch.items()})
                        for batch in tqdm(batches, desc=f"encoding {name}", disable=not progress)]
-            parts[name] = (_pad_and_stack([f for f, _ in encoded]), _pad_and_stack([m for _, m in encoded], False))
+            parts[name] = tuple(pad_and_stack([row for batch in side for row in batch])  # (n, max k, ...)
+                                for side in zip(*encoded, strict=True))
         (image_fragments, image_mask), (text_fragments, text_mask) = parts["images"], parts["captions"]
         return self.pair_scores(image_fragments, image_mask, text_fragments, text_mask, chunk_size=chunk_size).scores
 

@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(VPY) -m ruff check hf_mltm tests benchmarks
 
 bench: $(STAMP)
+	$(PIP) install -e ".[bench]"
 	$(VPY) benchmarks/ot_loss.py
 
 install: $(STAMP)

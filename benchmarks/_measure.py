@@ -59,3 +59,19 @@ def memory_child(key: str) -> float:
     output = subprocess.run([sys.executable, sys.argv[0], "--memory-for", key], check=True, capture_output=True,
                             text=True, env=environment)
     return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def measure_interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, dict]:
+    """Like :func:`measure` for several methods at once, timed round-robin (one call of each per round), so that
+    load changes on a shared machine hit every method alike; returns ``{name: stats}``."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(values), "min_s": min(values), "repeats": repeats}
+            for name, values in times.items()}

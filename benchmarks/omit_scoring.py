@@ -57,7 +57,7 @@ from typing import NamedTuple
 
 import torch
 
-from hf_mltm.ot import FragmentOTScores, fragment_ot_scores, sinkhorn, triplet_loss
+from hf_mltm.ot import OTResult, fragment_ot_scores, sinkhorn, triplet_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import memory_child, peak_memory  # noqa: E402
@@ -192,11 +192,11 @@ def leaves(fragments: Fragments, grad: bool, dtype: torch.dtype = torch.float32)
 
 
 def run_ours(fragments: Fragments, grad: bool, tol: float = OUR_TOL, return_plans: bool = False,
-             dtype: torch.dtype = torch.float32) -> tuple[FragmentOTScores, tuple[torch.Tensor, torch.Tensor]]:
+             dtype: torch.dtype = torch.float32) -> tuple[OTResult, tuple[torch.Tensor, torch.Tensor]]:
     """Score all pairs with the batched solver; with ``grad``, backpropagate the VSE loss to both fragment tensors.
 
     Returns:
-        The solver's result (``scores`` (B, B), ``plans`` or ``None``, ``marginal_error``, ``n_iter``) and the two
+        The solver's result (``value``: scores (B, B), ``plan`` or ``None``, ``marginal_error``, ``n_iter``) and the two
         leaves (their ``.grad`` set when ``grad``).
     """
     image, text = leaves(fragments, grad, dtype)
@@ -204,7 +204,7 @@ def run_ours(fragments: Fragments, grad: bool, tol: float = OUR_TOL, return_plan
         result = fragment_ot_scores(image, text, text_mask=fragments.text_mask, epsilon=EPSILON, tol=tol,
                                     max_iter=OUR_MAX_ITER, return_plans=return_plans)
         if grad:
-            vse_loss(result.scores).backward()
+            vse_loss(result.value).backward()
     return result, (image, text)
 
 
@@ -377,16 +377,16 @@ def convergence(regions: int, quick: bool) -> dict:
     ours, _ = run_ours(fragments, grad=False, return_plans=True)
     reference, reference_plans, _ = run_reference(fragments, grad=False)
     pair_scores, pair_plans = run_per_pair(fragments, False, pairs)
-    ours_on_pairs = torch.stack([ours.scores[i, j] for i, j in pairs])
+    ours_on_pairs = torch.stack([ours.value[i, j] for i, j in pairs])
     return {
-        "ours": marginal_error_stats(marginal_error(ours.plans, fragments.text_mask)),
+        "ours": marginal_error_stats(marginal_error(ours.plan, fragments.text_mask)),
         "reference": marginal_error_stats(marginal_error(reference_plans, fragments.text_mask)),
         "per_pair": marginal_error_stats(per_pair_marginal_errors(pair_plans)),
-        "ours_reported_marginal_error": float(ours.marginal_error),
+        "ours_reported_marginal_error": float(ours.marginal_error.max()),
         "ours_n_iter": int(ours.n_iter),
-        "max_abs_score_gap_ours_vs_reference_3_iter": (ours.scores - reference).abs().max().item(),
+        "max_abs_score_gap_ours_vs_reference_3_iter": (ours.value - reference).abs().max().item(),
         "max_abs_score_gap_ours_vs_per_pair": (ours_on_pairs - pair_scores).abs().max().item(),
-        "score_range": [ours.scores.min().item(), ours.scores.max().item()],
+        "score_range": [ours.value.min().item(), ours.value.max().item()],
         "similarity": similarity_summary(fragments),
     }
 
@@ -410,9 +410,9 @@ def converged_parity(batch: int = 16, regions: int = 36, iterations: int = 200) 
         "regions": regions,
         "reference_iterations": iterations,
         "reference_marginal_error": marginal_error(reference_plans, fragments.text_mask).max().item(),
-        "ours_float64_marginal_error": float(ours.marginal_error),
-        "max_abs_score_diff_float64": (ours.scores - reference).abs().max().item(),
-        "max_abs_score_diff_ours_float32_at_our_tol": (ours32.scores.double() - reference).abs().max().item(),
+        "ours_float64_marginal_error": float(ours.marginal_error.max()),
+        "max_abs_score_diff_float64": (ours.value - reference).abs().max().item(),
+        "max_abs_score_diff_ours_float32_at_our_tol": (ours32.value.double() - reference).abs().max().item(),
         "max_abs_score": reference.abs().max().item(),
         "max_abs_grad_diff_image": (our_image.grad - ref_image.grad).abs().max().item(),
         "max_abs_grad_diff_text": (our_text.grad - ref_text.grad).abs().max().item(),
@@ -461,7 +461,7 @@ def tolerance_sweep(regions: int = 36, tolerances: tuple[float, ...] = (0.04, 1e
                                   dict.fromkeys(map(str, tolerances), 3), dict.fromkeys(map(str, tolerances), 1))
     for tol in tolerances:
         result, _ = run_ours(fragments, grad=False, tol=tol, return_plans=True)
-        errors = marginal_error_stats(marginal_error(result.plans, fragments.text_mask))
+        errors = marginal_error_stats(marginal_error(result.plan, fragments.text_mask))
         rows.append({"tol": tol, "regions": regions, "n_iter": int(result.n_iter), "marginal_error": errors,
                      **timings[str(tol)]})
         print(f"sweep R={regions} tol={tol:g}: {result.n_iter} iterations, max error {errors['max']:.2e}, "

@@ -15,19 +15,27 @@ implementation differs:
 - ``ours_partial`` vs ``pot_partial``: the partial-OT loss (mass 0.9): ours (:func:`hf_mltm.ot.mltm_partial_loss`)
   against POT ``ot.partial.entropic_partial_wasserstein`` (defaults) with autograd, on our cost.
 
+Peers (``run_peers``): GeomLoss (``SamplesLoss``, tensorized backend) and OTT-JAX (CPU jax) against ours on the same
+entropic problem (normalised cost, epsilon 0.05, uniform marginals, marginal error about 1e-6), the solve alone and the
+loss + gradient, at b = 256 (``--quick``) or 256, 1024 and 4096, timed round-robin; the parameter mapping is in the
+docstrings of :class:`GeomLossPeer` and :class:`OTTPeer` and in docs/benchmarks.md. Needs ``geomloss==0.3.1``,
+``ott-jax==0.6.0`` and ``jax``.
+
 Also times the AudioCaps-size test ranking (957 clips x 4785 captions, d = 1024) from embeddings in both ranking modes.
 Peak memory (MB above the resident size before the call) comes from a fresh child process per configuration (see
 ``_measure.py``).
 
 Usage: ``python benchmarks/ot_loss.py [--quick]``; writes ``benchmarks/results/ot_loss.json`` (``ot_loss_quick.json``
 with ``--quick``), prints a markdown table and, last, one line
-``speedup_ref_b256=<x> speedup_potlog_b256=<y> speedup_partial_b256=<z>``.
+``speedup_ref_b256=<x> speedup_potlog_b256=<y> speedup_partial_b256=<z> speedup_geomloss_b256=<g> speedup_ott_b256=<o>``
+(the last two: loss + gradient, peer time over ours).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import warnings
@@ -37,10 +45,17 @@ import ot
 import torch
 
 from hf_mltm.evaluation import retrieval_ranks
-from hf_mltm.ot import MahalanobisMetric, duplicate_aware_target, kl_to_plan, mltm_loss, mltm_partial_loss
+from hf_mltm.ot import (
+    MahalanobisMetric,
+    duplicate_aware_target,
+    kl_to_plan,
+    mltm_loss,
+    mltm_partial_loss,
+    sinkhorn,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import measure, memory_child, peak_memory  # noqa: E402
+from _measure import measure, measure_interleaved, memory_child, peak_memory  # noqa: E402
 
 EPSILON, MASS, DIM = 0.05, 0.9, 1024
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -107,6 +122,199 @@ def run_pot_partial(audio, text, metric):
     plan = ot.partial.entropic_partial_wasserstein(uniform(batch), uniform(batch), normalised(metric(audio, text)),
                                                    EPSILON, m=MASS)
     return backward(pot_loss(plan, MASS), audio, text, metric)
+
+
+# --- Peers: GeomLoss (tensorized backend) and OTT-JAX (CPU jax) on the same entropic problem --------------------------
+#
+# The problem: the normalised diagonal-Mahalanobis cost C (b x b, max 1), epsilon = 0.05, uniform marginals 1/b,
+# stopped at an L1 marginal error (rows + columns) of about TOL. Both peers regularise with KL(P | a b^T) instead of
+# -H(P); with uniform marginals this only shifts the potentials by a constant, so the plan is the same. The loss is
+# the m-LTM loss KL(T || P*) = log b + (<T, C> - OT_eps(C)) / eps (T = I / b, OT_eps the dual value <a, f> + <b, g>),
+# whose gradient in C is (T - P*) / eps by the envelope theorem: each peer's own gradient of its OT value gives it.
+TOL = 1e-6
+PEER_BATCHES = (256, 1024, 4096)
+
+
+def marginal_error(plan: torch.Tensor) -> float:
+    """L1 error of both marginals of a (b, b) plan against 1/b, the one measure applied to every method."""
+    batch = plan.shape[-1]
+    plan = plan.double()
+    return float((plan.sum(-1) - 1 / batch).abs().sum() + (plan.sum(-2) - 1 / batch).abs().sum())
+
+
+def peer_cost(batch: int) -> tuple[torch.Tensor, tuple]:
+    inputs = make_inputs(batch)
+    with torch.no_grad():
+        cost = normalised(inputs[2](inputs[0], inputs[1]))
+    return cost, inputs
+
+
+class GeomLossPeer:
+    """GeomLoss's ``SamplesLoss("sinkhorn", p=1, blur=epsilon, debias=False, backend="tensorized")``.
+
+    Parameter mapping: with ``p = 1`` GeomLoss's cost is ``|x - y|`` and its temperature ``blur**p = epsilon``; the
+    points are the metric-scaled embeddings ``x L / c_max`` (``L`` the diagonal factor, ``c_max`` the largest cost),
+    so its cost is exactly the normalised cost (for the solve-only rows the precomputed cost is passed through
+    ``cost=``). ``diameter = 1`` (the normalised cost's maximum) starts the epsilon-scaling annealing at
+    ``epsilon = 1``, divided by ``scaling = 0.5`` per iteration down to ``epsilon``. GeomLoss has no tolerance: its
+    schedule ends with a single iteration at the target epsilon, and its symmetric (averaged) updates converge at
+    about half the rate of plain Sinkhorn, so the annealed schedule alone stops at a marginal error of about 4e-5
+    (scaling 0.5) to 5e-6 (scaling 0.995, 25 s at b = 256). To solve to our tolerance, ``final_iterations`` more
+    iterations at the target epsilon are appended to its schedule (``scaling_parameters`` of its tensorized module is
+    wrapped); their number is calibrated untimed (doubled until the marginal error is at most ours), which favours
+    GeomLoss (it pays no convergence checks).
+    """
+
+    def __init__(self, final_iterations: int = 0) -> None:
+        import geomloss._legacy.sinkhorn_samples as tensorized  # the tensorized backend's module
+
+        self.tensorized, self.final_iterations = tensorized, final_iterations
+        self.original = tensorized.scaling_parameters
+
+    def _schedule(self, *args):
+        diameter, eps, eps_list, rho = self.original(*args)
+        return diameter, eps, list(eps_list) + [eps] * self.final_iterations, rho
+
+    def potentials(self, x: torch.Tensor, y: torch.Tensor, cost=None) -> tuple[torch.Tensor, torch.Tensor]:
+        from geomloss import SamplesLoss
+
+        weights = torch.full((1, x.shape[0]), 1 / x.shape[0], dtype=x.dtype)
+        loss = SamplesLoss("sinkhorn", p=1, blur=EPSILON, diameter=1.0, scaling=0.5, cost=cost, debias=False,
+                           potentials=True, backend="tensorized")
+        self.tensorized.scaling_parameters = self._schedule
+        try:
+            f, g = loss(weights, x[None], weights, y[None])
+        finally:
+            self.tensorized.scaling_parameters = self.original
+        return f[0], g[0]
+
+    def solve(self, cost: torch.Tensor) -> torch.Tensor:
+        """The plan for a precomputed cost (its ``cost=`` callable is called as ``C(x, y)`` and ``C(y, x)``)."""
+        batch = cost.shape[0]
+        x, y = torch.zeros(batch, 1), torch.zeros(batch, 1)
+        pointer = x.data_ptr()
+        f, g = self.potentials(x, y, lambda first, _: (cost if first.data_ptr() == pointer else cost.T)[None])
+        return ((f[:, None] + g[None, :] - cost) / EPSILON).exp() / batch**2
+
+    def loss(self, audio, text, metric) -> float:
+        batch = audio.shape[0]
+        factor = metric.factor()
+        with torch.no_grad():  # locate the largest cost; it is recomputed below with its gradient
+            flat = metric(audio, text).argmax()
+        row, column = divmod(int(flat), batch)
+        largest = ((audio[row] - text[column]) * factor).norm()
+        x, y = audio * factor / largest, text * factor / largest
+        f, g = self.potentials(x, y)
+        value = f.mean() + g.mean()  # <a, f> + <b, g>, differentiated by GeomLoss's envelope rule
+        matched = (x - y).norm(dim=-1).mean()  # <T, C>
+        loss = math.log(batch) + (matched - value) / EPSILON
+        return backward(loss, audio, text, metric)
+
+
+class OTTPeer:
+    """OTT-JAX: ``Sinkhorn(threshold=TOL, max_iterations=2000, norm_error=1, use_danskin=True)`` on
+    ``LinearProblem(Geometry(cost_matrix=C, epsilon=EPSILON))`` (uniform marginals), jit-compiled on CPU jax.
+
+    Parameter mapping: ``epsilon`` is absolute here (``Geometry`` is given the normalised cost, and
+    ``relative_epsilon`` is off). OTT stops when the L1 norm (``norm_error=1``) of one marginal's error, checked every
+    ``inner_iterations = 10`` iterations, is below ``threshold``; the other marginal is exact after its last update,
+    so its threshold is the same L1 measure as ours. Log-domain updates (``lse_mode``), no momentum or Anderson
+    acceleration (its defaults). The loss + gradient is ``jax.value_and_grad`` of the whole computation (cost from
+    the embeddings and the diagonal metric in jnp, then ``reg_ot_cost`` with Danskin's rule, i.e. the envelope
+    gradient); compilation happens in the warm-up and is not timed. Inputs are converted to jax arrays outside the
+    timed call.
+    """
+
+    def __init__(self) -> None:
+        import jax
+        import jax.numpy as jnp
+        from ott.geometry.geometry import Geometry
+        from ott.problems.linear.linear_problem import LinearProblem
+        from ott.solvers.linear.sinkhorn import Sinkhorn
+
+        self.jax, self.jnp = jax, jnp
+        solver = Sinkhorn(threshold=TOL, max_iterations=2000, norm_error=1, use_danskin=True)
+
+        def solve(cost):
+            return solver(LinearProblem(Geometry(cost_matrix=cost, epsilon=EPSILON)))
+
+        def loss(audio, text, weight):
+            factor = jnp.sqrt(jax.nn.softplus(weight))
+            x, y = audio * factor, text * factor
+            squared = (x**2).sum(1)[:, None] + (y**2).sum(1)[None, :] - 2 * x @ y.T  # (b, b)
+            cost = jnp.sqrt(jnp.maximum(squared, 1e-30))
+            cost = cost / cost.max()
+            batch = cost.shape[0]
+            return jnp.log(batch) + (jnp.trace(cost) / batch - solve(cost).reg_ot_cost) / EPSILON
+
+        self.solve_jit = jax.jit(lambda cost: solve(cost).matrix)
+        self.loss_jit = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+
+    def solve(self, cost) -> object:
+        return self.solve_jit(cost).block_until_ready()
+
+    def loss(self, audio, text, weight) -> float:
+        value, grads = self.loss_jit(audio, text, weight)
+        self.jax.block_until_ready(grads)
+        return float(value)
+
+
+def calibrate_geomloss(cost: torch.Tensor, target: float, start: int = 400, limit: int = 6400) -> tuple[int, float]:
+    """The fewest appended final iterations (doubling from ``start``) whose plan has marginal error <= ``target``;
+    when the error stalls first (float32 round-off of GeomLoss's averaged log-sum-exp updates, about 1.5e-6 at
+    b = 256), the count where it stalled."""
+    final, previous = start, None
+    while True:
+        error = marginal_error(GeomLossPeer(final).solve(cost))
+        print(f"geomloss calibration: {final} final iterations, marginal error {error:.2e}", flush=True)
+        if previous is not None and error > 0.8 * previous[1]:
+            return previous
+        if error <= target or final >= limit:
+            return final, error
+        final, previous = final * 2, (final, error)
+
+
+def peer_runs(cost, inputs, geomloss_peer, ott_peer, cost_jax, inputs_jax) -> tuple[dict, dict]:
+    """The timed calls of one batch size: ``({method: solve}, {method: loss + gradient})``."""
+    solves = {"ours": lambda: sinkhorn(None, None, cost, EPSILON, tol=TOL),
+              "geomloss": lambda: geomloss_peer.solve(cost), "ott": lambda: ott_peer.solve(cost_jax)}
+    losses = {"ours": lambda: run_ours(*inputs), "geomloss": lambda: geomloss_peer.loss(*inputs),
+              "ott": lambda: ott_peer.loss(*inputs_jax)}
+    return solves, losses
+
+
+def run_peers(batches, repeats: int) -> list[dict]:
+    """Solve and loss + gradient rows for ours, GeomLoss and OTT-JAX at each batch size, timed round-robin."""
+    import numpy as np
+
+    ott_peer = OTTPeer()
+    rows, final_iterations = [], None
+    for batch in batches:
+        cost, inputs = peer_cost(batch)
+        ours = sinkhorn(None, None, cost, EPSILON, tol=TOL)
+        ours_error = marginal_error(ours.plan)
+        if final_iterations is None or batch <= 1024:  # calibration at b = 4096 would take minutes
+            final_iterations, _ = calibrate_geomloss(cost, ours_error)
+        geomloss_peer = GeomLossPeer(final_iterations)
+        cost_jax = ott_peer.jnp.asarray(cost.numpy())
+        inputs_jax = [ott_peer.jnp.asarray(t.detach().numpy()) for t in (inputs[0], inputs[1], inputs[2].weight)]
+        errors = {
+            "ours": (ours_error, ours.n_iter),
+            "geomloss": (marginal_error(geomloss_peer.solve(cost)), final_iterations),
+            "ott": (marginal_error(torch.from_numpy(np.asarray(ott_peer.solve(cost_jax)))), None),
+        }
+        solves, losses = peer_runs(cost, inputs, geomloss_peer, ott_peer, cost_jax, inputs_jax)
+        slow = batch >= 4096
+        for kind, runs in (("solve", solves), ("loss", losses)):
+            stats = measure_interleaved(runs, 1 if slow else repeats, warmup=1)
+            for name, row in stats.items():
+                error, n_iter = errors[name]
+                row.update(key=f"peer_{kind}:{name}:{batch}", method=f"{name}_{kind}", batch=str(batch),
+                           marginal_error=error, n_iter=n_iter, peak_mb=None)
+                rows.append(row)
+                print(f"{row['method']:32s} {batch:>9d} {row['median_s'] * 1e3:10.1f} ms  error {error:.2e}",
+                      flush=True)
+    return rows
 
 
 METHODS = {
@@ -178,17 +386,18 @@ def run_benchmarks(quick: bool) -> list[dict]:
     for row in rows:
         measured = "skipped" not in row and (not quick or row["key"] in quick_memory)
         row["peak_mb"] = memory_child(row["key"]) if measured else None
-    return rows
+    return rows + run_peers((256,) if quick else PEER_BATCHES, 5 if quick else 7)
 
 
 def markdown_table(rows) -> str:
-    lines = ["| method | b | median ms | peak MB |", "|---|---|---|---|"]
+    lines = ["| method | b | median ms | peak MB | marginal error |", "|---|---|---|---|---|"]
     for row in rows:
         if "skipped" in row:
-            lines.append(f"| {row['method']} | {row['batch']} | {row['skipped']} | - |")
+            lines.append(f"| {row['method']} | {row['batch']} | {row['skipped']} | - | - |")
             continue
         peak = "-" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}"
-        lines.append(f"| {row['method']} | {row['batch']} | {row['median_s'] * 1e3:.1f} | {peak} |")
+        error = f"{row['marginal_error']:.1e}" if "marginal_error" in row else "-"
+        lines.append(f"| {row['method']} | {row['batch']} | {row['median_s'] * 1e3:.1f} | {peak} | {error} |")
     return "\n".join(lines)
 
 
@@ -211,7 +420,14 @@ def main() -> None:
         "speedup_ref_b256": speedup(rows, "reference", "ours"),
         "speedup_potlog_b256": speedup(rows, "pot_log", "ours"),
         "speedup_partial_b256": speedup(rows, "pot_partial", "ours_partial"),
+        # loss + gradient; the solve-only ratios are in the JSON rows
+        "speedup_geomloss_b256": speedup(rows, "geomloss_loss", "ours_loss"),
+        "speedup_ott_b256": speedup(rows, "ott_loss", "ours_loss"),
     }
+    for batch in ("256",) if args.quick else tuple(map(str, PEER_BATCHES)):
+        for kind in ("solve", "loss"):
+            for peer in ("geomloss", "ott"):
+                summary[f"{peer}_{kind}_ratio_b{batch}"] = speedup(rows, f"{peer}_{kind}", f"ours_{kind}", batch)
     environment = {"torch": torch.__version__, "pot": ot.__version__, "threads": torch.get_num_threads(),
                    "machine": platform.machine(), "processor": platform.processor(), "quick": args.quick}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -220,7 +436,9 @@ def main() -> None:
     print()
     print(markdown_table(rows))
     print()
-    print(" ".join(f"{key}={value:.1f}" for key, value in summary.items()))
+    headline = ("speedup_ref_b256", "speedup_potlog_b256", "speedup_partial_b256", "speedup_geomloss_b256",
+                "speedup_ott_b256")
+    print(" ".join(f"{key}={summary[key]:.1f}" for key in headline))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ Examples::
     # ESC-50 zero-shot classification (prompts "This is a sound of {label}.")
     python scripts/evaluate.py --model runs/mltm --dataset esc50 --zero_shot --output_dir runs/mltm/eval_esc50
 
+    # an OMIT model scored with another partial-matching rule than it was saved with
+    python scripts/evaluate.py --model runs/omit --config configs/flickr8k_omit_small.yaml \
+        --model_config partial_matching=mass partial_ot_mass=0.8 --output_dir runs/omit/eval_mass
+
 Writes ``metrics.json``, ``metrics.md`` and ``plot.png`` to ``--output_dir`` and prints the markdown table. All the
 logic lives in :mod:`hf_mltm.evaluation` and the dataset builders in :mod:`hf_mltm.data`.
 """
@@ -59,11 +63,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="precomputed image fragments (scripts/extract_grid_features.py) for an OMIT model "
                              "without a vision tower")
     parser.add_argument("--max_items", type=int, help="evaluate only the first N items (quick checks)")
+    parser.add_argument("--model_config", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="model config values to use for this evaluation only, e.g. partial_matching=mass "
+                             "ot_epsilon=0.1 (YAML values; unknown keys fail)")
+    parser.add_argument("--cache_dir",
+                        help="feature cache folder for the frozen towers' outputs (hf_mltm.feature_cache; default: "
+                             "no cache)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--output_dir", required=True, help="folder for metrics.json, metrics.md and plot.png")
     parser.add_argument("--no_progress", action="store_true", help="hide progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_items is not None and args.max_items < 1:
+        parser.error(f"--max_items must be >= 1, got {args.max_items}.")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        parser.error(f"--output_dir {args.output_dir} is an existing file; give a folder.")
+    model_path = Path(args.model).expanduser()
+    if (args.model.startswith((".", "/", "~")) or args.model.count("/") > 1) and not model_path.is_dir():
+        parser.error(f"--model {args.model}: no such folder (give a folder saved with save_pretrained, or a Hub id).")
+    args.model_config = parse_model_config(parser, args.model_config)
+    return args
+
+
+def parse_model_config(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> ``{key: YAML value}``."""
+    import yaml
+
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            parser.error(f"--model_config expects KEY=VALUE pairs, got {pair!r}.")
+        values[key] = yaml.safe_load(value)
+    return values
+
+
+def apply_model_config(model, values: dict[str, Any]) -> None:
+    """Set evaluation-time config values on ``model.config``, checked like the config's own (unknown keys fail
+    naming the closest one; values are validated by re-building the config)."""
+    from hf_mltm.training.model_factory import check_config_keys
+
+    if not values:
+        return
+    check_config_keys(type(model.config), values)
+    type(model.config)(**{**model.config.to_dict(), **values})  # validates the combination, raises ValueError
+    for key, value in values.items():
+        setattr(model.config, key, value)
 
 
 def load_items(args: argparse.Namespace):
@@ -119,13 +164,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = AutoModel.from_pretrained(args.model).to(device).eval()
+    apply_model_config(model, args.model_config)
     processor = AutoProcessor.from_pretrained(args.model)
     items = load_items(args)
     progress = not args.no_progress
     similarity = None
     if args.zero_shot:
         results = zero_shot_classification(model, items, processor, class_labels(items), template=args.template,
-                                           batch_size=args.batch_size, device=device, progress=progress)
+                                           batch_size=args.batch_size, device=device, progress=progress,
+                                           cache_dir=args.cache_dir)
     else:
         fragments_dir = args.fragments_dir
         if fragments_dir is None and args.config is not None:
@@ -139,18 +186,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             fragments = load_grid_features(fragments_dir)
         results = evaluate_retrieval(model, items, processor, ranking_modes=args.ranking, batch_size=args.batch_size,
                                      ot_epsilon=args.ot_epsilon, device=device, progress=progress,
-                                     return_embeddings=True, fragments=fragments)
-        if "scores" in results:  # a pair-scoring (image-text) model: the heatmap is its score matrix
-            scores = results.pop("scores")
-            owner = torch.tensor([index for index, row in enumerate(items["captions"]) for _ in row])
-            similarity = scores[:HEATMAP_ITEMS][:, owner < HEATMAP_ITEMS]
-        else:
-            embeddings = results.pop("embeddings")
-            shown = embeddings["text_item_index"] < HEATMAP_ITEMS
-            with torch.no_grad():
-                cost = model.pairwise_cost(embeddings["audio_embeds"][:HEATMAP_ITEMS].to(device),
-                                           embeddings["text_embeds"][shown].to(device))
-            similarity = -cost.float().cpu()  # (items, their captions)
+                                     fragments=fragments, cache_dir=args.cache_dir)
+        cost = results.pop("cost")  # (items, captions): the heatmap shows -cost of the first items' captions
+        owner = torch.tensor([index for index, row in enumerate(items["captions"]) for _ in row])
+        similarity = -cost[:HEATMAP_ITEMS][:, owner < HEATMAP_ITEMS]
+    if args.model_config:
+        results["model_config_overrides"] = args.model_config
     results["run"] = {"model": str(args.model), "dataset": args.dataset or str(args.dataset_path or args.config),
                       "split": args.split, "num_items": len(items), "zero_shot": args.zero_shot,
                       "ranking": list(args.ranking) if not args.zero_shot else ["distance"]}

@@ -1,9 +1,12 @@
-"""Precompute EfficientNet-Lite0 grid fragments (49 x 1280 per image) for OMIT into resumable parquet shards.
+"""Precompute EfficientNet-Lite0 grid fragments (49 x 1280 per image) for OMIT into the resumable feature cache.
 
-A thin command line over `hf_mltm.data.grid_features`: the images of ``--image_dir`` (or only those a
-Karpathy-split JSON lists, with the JSON's ``filename`` as ``item_id``) are encoded and written to
-``--output_dir/shard-NNNNN.parquet``. Running the same command again after an interruption computes only the
-images that no finished shard holds. Load the result with ``hf_mltm.data.grid_features.load_grid_features``.
+A thin command line over `hf_mltm.data.grid_features.extract_grid_features`: the images of ``--image_dir`` (or
+only those a Karpathy-split JSON lists, with the JSON's ``filename`` as ``item_id``) are encoded by the converted
+EfficientNet-Lite0 (`EfficientNetLiteModel`) and stored in the content-keyed feature cache under
+``--output_dir`` (``image-<fingerprint>/`` shards, plus ``items.json`` mapping each item id to its image's
+content key). Running the same command again after an interruption computes only the images no finished shard
+holds; an edited image file is computed again. Load the result with
+``hf_mltm.data.grid_features.load_grid_features``.
 
 Usage::
 
@@ -26,10 +29,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--karpathy_json", default=None, help="Karpathy-split JSON: only its images, item_id = its 'filename'"
     )
     parser.add_argument(
-        "--output_dir", required=True, help="folder of the parquet shards (created if missing)"
+        "--output_dir", required=True, help="root of the feature cache and items.json (created if missing)"
     )
     parser.add_argument("--batch_size", type=int, default=32, help="images per encoder call")
-    parser.add_argument("--shard_size", type=int, default=256, help="images per parquet shard")
+    parser.add_argument("--shard_size", type=int, default=256, help="rows per feature-cache shard")
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT images")
     parser.add_argument("--dtype", choices=DTYPES, default="float16", help="storage dtype of the fragments")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")

@@ -16,7 +16,7 @@ import os
 import sys
 
 from hf_mltm.training import load_config, train
-from hf_mltm.training.hub import HubAccessError
+from hf_mltm.training.hub import ExportCheckError, HubAccessError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides)
         result = train(config)
-    except (ValueError, HubAccessError) as error:
+    except (ValueError, HubAccessError, ExportCheckError) as error:  # the last: the pushed folder's check
         print(f"error: {error}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process

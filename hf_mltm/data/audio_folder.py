@@ -14,6 +14,7 @@ fractions, or everything goes to one split.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,19 +23,13 @@ from typing import Any
 import numpy as np
 from datasets import DatasetDict, Value
 
-from ._common import (
-    SPLIT_ALIASES,
-    SPLITS,
-    MissingDataFileError,
-    as_dir,
-    assemble,
-    check_choice,
-    check_common_args,
-    format_caption,
-    label_text,
-    read_csv_rows,
-    select_splits,
-)
+from hf_mltm.validation import check_choice, strict_keywords
+
+from ._arguments import SPLIT_ALIASES, SPLITS, as_dir, check_common_args, select_splits
+from ._assemble import assemble
+from ._readers import check_relative_path, read_csv_rows
+from .errors import MissingDataFileError
+from .labels import format_caption, label_text
 
 __all__ = ["build_audio_folder", "build_bigsoundbank", "build_tau22_scenes", "build_urbansound8k"]
 
@@ -42,6 +37,7 @@ DEFAULT_CAPTION_TEMPLATE = "the sound of {label}"
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 
+@strict_keywords()
 def build_audio_folder(
     data_dir: str | os.PathLike,
     *,
@@ -96,9 +92,10 @@ def build_audio_folder(
     Raises:
         MissingDataFileError: The CSV or (with ``on_missing="error"``) a clip is missing.
         CorruptDataFileError: A clip's header is unreadable (``verify_files=True``, ``on_missing="error"``).
-        ValueError: Bad arguments, a missing column, an empty field or an unknown split value.
+        ValueError: Bad arguments, a CSV that is not UTF-8, a missing column, an empty field, an unknown split
+            value, or a file name that is absolute or has a ``..`` component.
     """
-    check_common_args(view, on_missing)
+    check_common_args(view, on_missing, verify_files)
     check_choice("default_split", default_split, SPLITS)
     if split_column is not None and split_fractions is not None:
         raise ValueError("Pass split_column or split_fractions, not both.")
@@ -120,6 +117,7 @@ def build_audio_folder(
         source = f"{csv_path} line {row['_line']}"
         if not row[file_column] or not row[label_column]:
             raise ValueError(f"{source}: empty '{file_column}' or '{label_column}'.")
+        check_relative_path(row[file_column], source, file_column)
         label = label_text(row[label_column])
         if caption_column is None:
             caption = format_caption(caption_template, label, source)
@@ -175,12 +173,21 @@ def _row_split(row: Mapping[str, Any], split_column: str, source: str) -> str:
 
 
 def _assign_random_splits(items: list[dict[str, Any]], fractions: Mapping[str, float], seed: int) -> None:
-    canonical = {}
+    if not isinstance(fractions, Mapping):
+        raise ValueError(
+            f"split_fractions must be a mapping such as {{'train': 0.8, 'test': 0.2}}, got {fractions!r}."
+        )
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}.")
+    canonical: dict[str, float] = {}
     for split, fraction in fractions.items():
-        check_choice("split_fractions key", SPLIT_ALIASES.get(str(split).lower()), SPLITS)
-        if not 0 <= fraction <= 1:
-            raise ValueError(f"split_fractions[{split!r}] must be in [0, 1], got {fraction}.")
-        canonical[SPLIT_ALIASES[str(split).lower()]] = float(fraction)
+        check_choice("split_fractions key", str(split).lower(), list(SPLIT_ALIASES))
+        name = SPLIT_ALIASES[str(split).lower()]
+        if name in canonical:
+            raise ValueError(f"split_fractions names the split {name!r} twice (as {split!r} and an alias).")
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
+            raise ValueError(f"split_fractions[{split!r}] must be a number in [0, 1], got {fraction!r}.")
+        canonical[name] = float(fraction)
     if not math.isclose(sum(canonical.values()), 1.0, abs_tol=1e-6):
         raise ValueError(
             f"split_fractions must sum to 1, got {dict(fractions)} (sum {sum(canonical.values())})."
@@ -194,16 +201,19 @@ def _assign_random_splits(items: list[dict[str, Any]], fractions: Mapping[str, f
         start = end
 
 
+@strict_keywords(forwards_to=build_audio_folder)
 def build_urbansound8k(data_dir: str | os.PathLike, **kwargs: Any) -> DatasetDict:
     """UrbanSound8K clips with ``metadata.csv`` (``file_name,label``): `build_audio_folder` with its defaults."""
     return build_audio_folder(data_dir, **{"dataset_name": "UrbanSound8K", **kwargs})
 
 
+@strict_keywords(forwards_to=build_audio_folder)
 def build_tau22_scenes(data_dir: str | os.PathLike, **kwargs: Any) -> DatasetDict:
     """TAU Urban Acoustic Scenes 2022 segments with ``metadata.csv``: `build_audio_folder` with its defaults."""
     return build_audio_folder(data_dir, **{"dataset_name": "TAU Urban Acoustic Scenes 2022", **kwargs})
 
 
+@strict_keywords(forwards_to=build_audio_folder)
 def build_bigsoundbank(data_dir: str | os.PathLike, **kwargs: Any) -> DatasetDict:
     """BigSoundBank sounds with ``metadata.csv``; pass ``caption_column="title"`` for the human descriptions."""
     return build_audio_folder(data_dir, **{"dataset_name": "BigSoundBank", **kwargs})

@@ -12,6 +12,9 @@ Parquet repos (``hub_repo_id=``) must have the columns ``youtube_id``, ``start_t
 ``audio`` (an `Audio` or ``{"bytes", "path"}`` column), one row per caption. They are loaded with
 `datasets.load_dataset`, the audio is kept undecoded (``cast_column("audio", Audio(decode=False))``) and
 mapped to the same schema, with ``audio`` a ``{"bytes", "path"}`` dict.
+
+Further keyword arguments go to `datasets.load_dataset` and only with ``hub_repo_id``; with ``data_dir`` any
+unknown keyword raises a `ValueError` naming the closest argument of `build_audiocaps`.
 """
 
 from __future__ import annotations
@@ -23,20 +26,14 @@ from typing import Any
 
 from datasets import Audio, Dataset, DatasetDict, List, Value, load_dataset
 
-from ._common import (
-    SPLIT_ALIASES,
-    CorruptDataFileError,
-    MissingDataFileError,
-    SkippedFile,
-    as_dir,
-    assemble,
-    check_audio_header,
-    check_common_args,
-    finish,
-    quiet_progress_bars,
-    read_csv_rows,
-    select_splits,
-)
+from hf_mltm.validation import check_known_keys, closest_match, keyword_names
+
+from ._arguments import SPLIT_ALIASES, as_dir, check_common_args, select_splits
+from ._assemble import assemble, finish
+from ._file_checks import check_audio_header
+from ._readers import check_relative_path, read_csv_rows
+from .errors import CorruptDataFileError, MissingDataFileError, SkippedFile
+from .views import quiet_progress_bars
 
 __all__ = ["AUDIOCAPS_CSVS", "build_audiocaps"]
 
@@ -107,9 +104,11 @@ def build_audiocaps(
     Raises:
         MissingDataFileError: A requested CSV or a clip (``on_missing="error"``) is missing.
         CorruptDataFileError: A clip's header is unreadable (``verify_files=True``, ``on_missing="error"``).
-        ValueError: Bad arguments, a missing column or an empty field.
+        ValueError: Bad or unknown arguments, a CSV that is not UTF-8, a missing column, an empty field, or a
+            clip path (``audio_pattern`` filled with a row's fields) that is absolute or has a ``..`` component.
     """
-    check_common_args(view, on_missing)
+    _check_extra_keywords(load_dataset_kwargs, hub_repo_id is not None)
+    check_common_args(view, on_missing, verify_files)
     if (data_dir is None) == (hub_repo_id is None):
         raise ValueError(
             "build_audiocaps needs exactly one of data_dir (local CSVs) and hub_repo_id (parquet repo)."
@@ -147,6 +146,7 @@ def build_audiocaps(
                     f"audio_pattern {audio_pattern!r} uses {error}, which is neither a column of {csv_path} nor "
                     f"'split'."
                 ) from error
+            check_relative_path(relative, source_of(row_index), "audio_pattern")
             items.append(
                 {
                     "item_id": clip,
@@ -164,6 +164,20 @@ def build_audiocaps(
         verify_files=verify_files,
         dataset_name="AudioCaps",
     )
+
+
+def _check_extra_keywords(kwargs: Mapping[str, Any], from_hub: bool) -> None:
+    """Keywords beyond `build_audiocaps`'s own: none for local data, `datasets.load_dataset` ones for a repo."""
+    where = "build_audiocaps() keyword arguments"
+    if not from_hub:
+        # reported against the builder's own names: a typo there is the likely cause
+        check_known_keys(
+            kwargs, _OWN_KEYWORDS, f"{where} (extra keywords only go to load_dataset with hub_repo_id)"
+        )
+        return
+    # builder-config keywords of load_dataset (parquet "columns", ...) cannot be listed: catch typos of our own names
+    typos = [key for key in kwargs if key not in _LOAD_DATASET_KEYWORDS and closest_match(key, _OWN_KEYWORDS)]
+    check_known_keys(typos, _OWN_KEYWORDS, where)
 
 
 def _build_from_parquet(
@@ -262,3 +276,9 @@ def _check_parquet_audio(
                 f"{source_of(row)}: audio {paths[k]!r} cannot be read ({reason}); pass on_missing='skip' to drop it."
             )
     return kept
+
+
+_OWN_KEYWORDS = frozenset(keyword_names(build_audiocaps))
+_LOAD_DATASET_KEYWORDS = frozenset(keyword_names(load_dataset)) - {"path", "revision"}
+# for builder_arguments: what a config may pass (builder-config keywords of load_dataset are not listed)
+build_audiocaps.__keyword_names__ = _OWN_KEYWORDS | _LOAD_DATASET_KEYWORDS

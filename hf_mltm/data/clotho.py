@@ -21,7 +21,12 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
-from ._common import MissingDataFileError, as_dir, assemble, check_common_args, read_csv_rows, select_splits
+from hf_mltm.validation import strict_keywords
+
+from ._arguments import as_dir, check_common_args, select_splits
+from ._assemble import assemble
+from ._readers import check_relative_path, read_csv_rows
+from .errors import MissingDataFileError
 
 __all__ = ["CLOTHO_SPLITS", "build_clotho"]
 
@@ -36,6 +41,7 @@ def _audio_dir(root: Path, clotho_split: str) -> Path:
     return root / clotho_split
 
 
+@strict_keywords()
 def build_clotho(
     data_dir: str | os.PathLike,
     *,
@@ -61,9 +67,10 @@ def build_clotho(
     Raises:
         MissingDataFileError: No captions CSV (or a requested one) exists, or a clip is missing.
         CorruptDataFileError: A clip's header is unreadable (``verify_files=True``, ``on_missing="error"``).
-        ValueError: A CSV lacks ``file_name``/``caption_1..5`` or has an empty caption.
+        ValueError: An unknown keyword argument, a CSV that is not UTF-8, lacks ``file_name``/``caption_1..5`` or
+            has an empty caption, or a ``file_name`` that is absolute or has a ``..`` component.
     """
-    check_common_args(view, on_missing)
+    check_common_args(view, on_missing, verify_files)
     root = as_dir(data_dir, "Clotho")
     if splits is None:
         available = [s for s, c in CLOTHO_SPLITS.items() if (root / f"clotho_captions_{c}.csv").is_file()]
@@ -93,6 +100,7 @@ def build_clotho(
                 raise ValueError(
                     f"{source}: empty field(s) {empty or ['file_name']}; every clip needs 5 captions."
                 )
+            check_relative_path(row["file_name"], source, "file_name")
             items.append(
                 {
                     "item_id": Path(row["file_name"]).stem,

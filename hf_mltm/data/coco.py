@@ -14,6 +14,9 @@ Karpathy layout: ``<data_dir>/dataset_coco.json`` (``filepath`` ``train2014``/``
 
 Items are images (``item_id`` = file name, e.g. ``"COCO_val2014_000000391895.jpg"``, the same key in both
 formats) with their captions.
+
+`build_coco_captions` reads one COCO-format caption file for *any* image folder (e.g. Flickr8k images with
+captions written in the COCO format) into the same schema, all of it in one split named by the caller.
 """
 
 from __future__ import annotations
@@ -25,19 +28,15 @@ from typing import Any
 
 from datasets import DatasetDict
 
-from ._common import (
-    MissingDataFileError,
-    as_dir,
-    assemble,
-    check_choice,
-    check_common_args,
-    read_json,
-    require_fields,
-    select_splits,
-)
-from .flickr import karpathy_items
+from hf_mltm.validation import check_bool, check_choice, strict_keywords
 
-__all__ = ["build_coco"]
+from ._arguments import SPLITS, as_dir, check_common_args, select_splits
+from ._assemble import assemble
+from ._readers import check_relative_path, read_json, require_fields
+from .errors import MissingDataFileError
+from .karpathy import karpathy_items
+
+__all__ = ["build_coco", "build_coco_captions"]
 
 OFFICIAL_SPLITS = {"train": "train", "validation": "val"}
 OFFICIAL_LAYOUT = (
@@ -45,6 +44,7 @@ OFFICIAL_LAYOUT = (
 )
 
 
+@strict_keywords()
 def build_coco(
     data_dir: str | os.PathLike,
     *,
@@ -80,9 +80,11 @@ def build_coco(
     Raises:
         MissingDataFileError: An annotation file or (with ``on_missing="error"``) an image is missing.
         CorruptDataFileError: An image cannot be verified (``verify_files=True``, ``on_missing="error"``).
-        ValueError: Bad arguments, malformed JSON, a missing field or an annotation of an unknown image.
+        ValueError: Bad arguments, malformed JSON, a missing field, an annotation of an unknown image, or an image
+            path that is absolute or has a ``..`` component.
     """
-    check_common_args(view, on_missing)
+    check_common_args(view, on_missing, verify_files)
+    check_bool("restval_to_train", restval_to_train)
     check_choice("annotation_format", annotation_format, ("auto", "karpathy", "official"))
     root = as_dir(data_dir, "COCO")
     if annotation_format == "auto":
@@ -136,15 +138,26 @@ def _folder_from_name(file_name: str) -> str:
 
 
 def _official_items(json_path: Path, image_dir: Path) -> list[dict[str, Any]]:
+    """Items of a COCO-format caption file: images with at least one caption, in ``images`` order, captions
+    ordered by annotation ``id`` (annotations without ``id`` by position)."""
     data = read_json(json_path, what=OFFICIAL_LAYOUT)
     require_fields(data, ["images", "annotations"], f"JSON file {str(json_path)!r}", OFFICIAL_LAYOUT)
+    for field in ("images", "annotations"):
+        if not isinstance(data[field], list):
+            raise ValueError(f"JSON file {str(json_path)!r}: {field!r} must be a list ({OFFICIAL_LAYOUT}).")
     images: dict[Any, dict[str, Any]] = {}
     for index, image in enumerate(data["images"]):
         where = f"{json_path} images[{index}]"
         require_fields(image, ["id", "file_name"], where, OFFICIAL_LAYOUT)
+        if image["id"] in images:
+            raise ValueError(
+                f"{where}: id {image['id']!r} is already used by {images[image['id']]['_source']}; image ids "
+                f"must be unique."
+            )
+        file_name = check_relative_path(image["file_name"], where, "file_name")
         images[image["id"]] = {
-            "item_id": image["file_name"],
-            "image": str(image_dir / image["file_name"]),
+            "item_id": file_name,
+            "image": str(image_dir / file_name),
             "_captions": [],
             "_source": where,
         }
@@ -153,9 +166,14 @@ def _official_items(json_path: Path, image_dir: Path) -> list[dict[str, Any]]:
         require_fields(annotation, ["image_id", "caption"], where, OFFICIAL_LAYOUT)
         if annotation["image_id"] not in images:
             raise ValueError(f"{where}: image_id {annotation['image_id']!r} is not in 'images'.")
-        caption = str(annotation["caption"]).strip()
+        if not isinstance(annotation["caption"], str):
+            raise ValueError(f"{where}: field 'caption' must be a string, got {annotation['caption']!r}.")
+        order = annotation.get("id", index)
+        if not isinstance(order, int) or isinstance(order, bool):
+            raise ValueError(f"{where}: field 'id' must be an integer, got {order!r}.")
+        caption = annotation["caption"].strip()
         if caption:
-            images[annotation["image_id"]]["_captions"].append((annotation.get("id", index), index, caption))
+            images[annotation["image_id"]]["_captions"].append((order, index, caption))
     items = []
     for item in images.values():
         if not item["_captions"]:
@@ -163,3 +181,77 @@ def _official_items(json_path: Path, image_dir: Path) -> list[dict[str, Any]]:
         item["captions"] = [caption for *_, caption in sorted(item.pop("_captions"))]
         items.append(item)
     return items
+
+
+@strict_keywords()
+def build_coco_captions(
+    data_dir: str | os.PathLike,
+    *,
+    annotation_file: str | os.PathLike,
+    split: str = "test",
+    view: str = "captions",
+    splits: str | Sequence[str] | None = None,
+    on_missing: str = "error",
+    verify_files: bool = False,
+) -> DatasetDict:
+    """Build an image-text set from any image folder and one COCO-format caption file.
+
+    The caption file has the layout of COCO's ``captions_*.json``::
+
+        {"images": [{"id": 1, "file_name": "1000268201_693b08cb0e.jpg"}, ...],
+         "annotations": [{"id": 10, "image_id": 1, "caption": "A child in a pink dress ..."}, ...]}
+
+    ``file_name`` is relative to ``data_dir`` (sub-folders allowed, no ``..``). A COCO file carries no split, so
+    every image goes to the one split named by ``split``. Images without a caption are left out; captions are
+    ordered by annotation ``id`` (position when absent), images by their order in ``images``.
+
+    Args:
+        data_dir (`str` or `os.PathLike`): The image folder.
+        annotation_file (`str` or `os.PathLike`): The caption file; a relative path is relative to ``data_dir``.
+        split (`str`, defaults to ``"test"``): The split that holds every image (a canonical name or an alias such
+            as ``"val"``).
+        view (`str`, defaults to ``"captions"``): ``"captions"`` or ``"items"``.
+        splits (`str` or `Sequence[str]`, *optional*): Only ``split`` (or its alias) can be selected; `None` keeps it.
+        on_missing (`str`, defaults to ``"error"``): ``"error"`` or ``"skip"`` for missing/corrupt images.
+        verify_files (`bool`, defaults to `False`): Open and verify every image with PIL (slower).
+
+    Returns:
+        `DatasetDict`: One split, columns ``item_id`` (the ``file_name``), ``item_index``, ``image`` (absolute
+        path), ``caption``/``caption_index`` or ``captions``. Attribute ``skipped_files``.
+
+    Raises:
+        MissingDataFileError: ``data_dir``, the caption file or (with ``on_missing="error"``) an image is missing.
+        CorruptDataFileError: An image cannot be verified (``verify_files=True``, ``on_missing="error"``).
+        ValueError: Bad arguments, malformed JSON, a missing field, a duplicate image id, an annotation of an
+            unknown image, or a ``file_name`` that is absolute or has a ``..`` component.
+
+    Example:
+
+    ```python
+    >>> from hf_mltm.data import build_coco_captions
+    >>> flickr = build_coco_captions("flickr8k_1k/Images", annotation_file="/tmp/captions_coco.json")  # doctest: +SKIP
+    >>> list(flickr), flickr["test"][0]["item_id"]  # doctest: +SKIP
+    (['test'], '1000268201_693b08cb0e.jpg')
+
+    ```
+    """
+    check_common_args(view, on_missing, verify_files)
+    if not isinstance(split, str):
+        raise ValueError(f"split must be one split name such as 'test', got {split!r}.")
+    (canonical,) = select_splits(split, SPLITS, "COCO-format captions")
+    wanted = select_splits(splits, [canonical], f"COCO-format captions (split={split!r})")
+    root = as_dir(data_dir, "COCO-format captions")
+    if not isinstance(annotation_file, str | os.PathLike):
+        raise ValueError(
+            f"annotation_file must be a path to a COCO-format caption file, got {annotation_file!r}."
+        )
+    json_path = root / Path(annotation_file).expanduser()  # an absolute path replaces root
+    items = {name: _official_items(json_path, root) for name in wanted}
+    return assemble(
+        items,
+        media_key="image",
+        view=view,
+        on_missing=on_missing,
+        verify_files=verify_files,
+        dataset_name="COCO-format captions",
+    )

@@ -12,15 +12,17 @@ are captions of the same item, which the duplicate-aware losses treat as positiv
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Mapping, Sequence
+from numbers import Real
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from hf_mltm.audio import load_audio, resample
+from hf_mltm.audio import check_sampling_rate, crop_waveform, load_audio
+from hf_mltm.image import load_image
+from hf_mltm.tensors import pad_and_stack
 
 __all__ = ["AudioTextCollator", "ImageTextCollator", "UniqueItemBatchSampler"]
 
@@ -37,6 +39,24 @@ def _item_ids(rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
     raise ValueError("Each row needs 'item_index' (or 'item_id') so that the batch can carry item_ids.")
 
 
+def _row_label(rows: Sequence[Mapping[str, Any]], position: int) -> str:
+    """``"batch row 2 (item_id 'x')"``: how error messages name a row."""
+    item_id = rows[position].get("item_id") if isinstance(rows[position], Mapping) else None
+    return f"batch row {position}" + (f" (item_id {item_id!r})" if item_id is not None else "")
+
+
+def _captions(rows: Sequence[Mapping[str, Any]], column: str) -> list[str]:
+    """The ``column`` value of every row, each checked to be a string (a tokenizer fails obscurely otherwise)."""
+    captions = [row[column] for row in rows]
+    for position, caption in enumerate(captions):
+        if not isinstance(caption, str):
+            raise ValueError(
+                f"The caption of {_row_label(rows, position)} is {str(caption)[:60]!r} of type "
+                f"{type(caption).__name__}: every {column!r} value must be a string; drop or fix that row."
+            )
+    return captions
+
+
 def _column_mode(rows: Sequence[Mapping[str, Any]], column: str, what: str) -> bool:
     """Whether all rows have ``column``; raise when only some have it."""
     present = [column in row for row in rows]
@@ -51,8 +71,8 @@ class AudioTextCollator:
     r"""Load the audio of each row and turn rows into an `MLTMProcessor` batch.
 
     Audio is a path, encoded bytes, a ``{"bytes", "path"}`` dict (undecoded `datasets.Audio`) or a decoded
-    ``{"array", "sampling_rate"}`` dict. Files are decoded with `hf_mltm.audio.load_audio` and resampled to
-    ``sampling_rate``.
+    ``{"array", "sampling_rate"}`` dict. Every value goes through `hf_mltm.audio.load_audio` (decoded and
+    resampled to ``sampling_rate``) and, with ``max_length_s``, `hf_mltm.audio.crop_waveform`.
 
     Args:
         processor (`MLTMProcessor`): Feature extractor + tokenizer.
@@ -95,11 +115,20 @@ class AudioTextCollator:
         caption_column: str = "caption",
     ):
         self.processor = processor
-        self.sampling_rate = int(sampling_rate or processor.feature_extractor.sampling_rate)
-        if self.sampling_rate <= 0:
-            raise ValueError(f"sampling_rate must be positive, got {sampling_rate}.")
-        if max_length_s is not None and max_length_s <= 0:
-            raise ValueError(f"max_length_s must be positive (seconds), got {max_length_s}.")
+        self.sampling_rate = check_sampling_rate(
+            processor.feature_extractor.sampling_rate if sampling_rate is None else sampling_rate
+        )
+        self._max_samples = None
+        if max_length_s is not None:
+            if isinstance(max_length_s, bool) or not isinstance(max_length_s, Real) or not 0 < max_length_s < math.inf:
+                raise ValueError(
+                    f"max_length_s must be a positive, finite number of seconds, got {max_length_s!r}."
+                )
+            self._max_samples = round(max_length_s * self.sampling_rate)
+            if self._max_samples < 1:
+                raise ValueError(
+                    f"max_length_s={max_length_s} s is shorter than one sample at {self.sampling_rate} Hz."
+                )
         self.max_length_s = max_length_s
         self.text_max_length = text_max_length
         self.random_crop = random_crop
@@ -107,35 +136,17 @@ class AudioTextCollator:
         self.audio_column = audio_column
         self.caption_column = caption_column
 
-    def load(self, audio: Any) -> np.ndarray:
-        """Decode one row's audio to a mono float32 waveform ``(num_samples,)`` at ``self.sampling_rate``."""
-        if isinstance(audio, Mapping):
-            if audio.get("array") is not None:
-                array = np.asarray(audio["array"], dtype=np.float32)
-                array = array.mean(axis=0) if array.ndim == 2 else array
-                return resample(array, int(audio["sampling_rate"]), self.sampling_rate)
-            source = audio.get("bytes") if audio.get("bytes") is not None else audio.get("path")
-            if source is None:
-                raise ValueError(
-                    f"Audio entry has neither 'bytes' nor 'path' nor 'array': keys {sorted(audio)}."
-                )
-        elif isinstance(audio, (str, os.PathLike, bytes)):
-            source = audio
-        else:
-            raise ValueError(
-                f"Unsupported audio entry of type {type(audio).__name__}: expected a path, bytes or dict."
-            )
-        waveform, _ = load_audio(source, self.sampling_rate)
-        return waveform
+    def load(self, audio: Any, label: str | None = None) -> np.ndarray:
+        """Decode one row's audio to a mono float32 waveform ``(num_samples,)`` at ``self.sampling_rate``.
 
-    def _crop(self, waveform: np.ndarray) -> np.ndarray:
-        limit = round(self.max_length_s * self.sampling_rate)
-        if len(waveform) <= limit:
-            return waveform
-        start = 0
-        if self.random_crop:
-            start = int(torch.randint(len(waveform) - limit + 1, (1,), generator=self.generator))
-        return waveform[start : start + limit]
+        Args:
+            audio: The row's audio value (see the class docstring).
+            label (`str`, *optional*): How error messages name the row.
+
+        Raises:
+            ValueError: See `hf_mltm.audio.load_audio`.
+        """
+        return load_audio(audio, self.sampling_rate, label=label)[0]
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Collate rows into a batch (see the class docstring for the keys and shapes)."""
@@ -149,14 +160,19 @@ class AudioTextCollator:
             )
         kwargs: dict[str, Any] = {}
         if has_audio:
-            waveforms = [self.load(row[self.audio_column]) for row in rows]
-            if self.max_length_s is not None:
-                waveforms = [self._crop(waveform) for waveform in waveforms]
+            waveforms = [
+                self.load(row[self.audio_column], _row_label(rows, position)) for position, row in enumerate(rows)
+            ]
+            if self._max_samples is not None:
+                waveforms = [
+                    crop_waveform(waveform, self._max_samples, random=self.random_crop, generator=self.generator)
+                    for waveform in waveforms
+                ]
             else:
                 kwargs.update(random_crop=self.random_crop, generator=self.generator)
             kwargs.update(audio=waveforms, sampling_rate=self.sampling_rate)
         if has_text:
-            kwargs.update(text=[row[self.caption_column] for row in rows], max_length=self.text_max_length)
+            kwargs.update(text=_captions(rows, self.caption_column), max_length=self.text_max_length)
         batch = dict(self.processor(return_tensors="pt", **kwargs))
         batch["item_ids"] = _item_ids(rows)
         return batch
@@ -165,9 +181,10 @@ class AudioTextCollator:
 class ImageTextCollator:
     r"""Turn image-caption rows into a batch of pixels or precomputed grid fragments plus tokens.
 
-    Exactly one image source is used: ``image_processor`` (images are opened with PIL, converted to RGB and
-    passed as a list to ``image_processor(images, return_tensors="pt")``, which must return ``pixel_values``)
-    or ``fragments`` (looked up by ``item_id``).
+    Exactly one image source is used: ``image_processor`` (each row's image, a path, encoded bytes, a
+    ``{"bytes", "path"}`` dict or a PIL image, is opened as RGB with `hf_mltm.image.load_image` and the list
+    is passed to ``image_processor(images, return_tensors="pt")``, which must return ``pixel_values``) or
+    ``fragments`` (looked up by ``item_id``).
 
     Args:
         tokenizer (`PreTrainedTokenizerBase`): Captions -> ``input_ids``, ``attention_mask``.
@@ -183,7 +200,8 @@ class ImageTextCollator:
         ``input_ids``/``attention_mask`` ``(B, L)`` and ``item_ids`` ``(B,)`` int64.
 
     Raises (from ``__call__``):
-        ValueError: An item has no fragments, or its fragments are not 2-D.
+        ValueError: An item has no fragments, or its fragments are not 2-D; an image cannot be read (the
+            message names the row and the file); a caption is not a string.
     """
 
     def __init__(
@@ -245,29 +263,14 @@ class ImageTextCollator:
         dims = {array.shape[1] for array in arrays}
         if len(dims) != 1:
             raise ValueError(f"Fragments in a batch must share their dimension, got {sorted(dims)}.")
-        num_fragments = max(array.shape[0] for array in arrays)
-        values = torch.zeros(len(arrays), num_fragments, dims.pop())  # (B, R, D)
-        mask = torch.zeros(len(arrays), num_fragments, dtype=torch.bool)  # (B, R)
-        for index, array in enumerate(arrays):
-            values[index, : len(array)] = torch.from_numpy(array)
-            mask[index, : len(array)] = True
+        values = pad_and_stack([torch.from_numpy(array) for array in arrays])  # (B, R, D), zero-padded
+        mask = pad_and_stack([torch.ones(len(array), dtype=torch.bool) for array in arrays])  # (B, R)
         return {"image_fragments": values, "image_fragment_mask": mask}
 
     def _pixel_batch(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        from PIL import Image
-
-        images = []
-        for row in rows:
-            source = row[self.image_column]
-            if isinstance(source, Image.Image):
-                images.append(source.convert("RGB"))
-                continue
-            path = source.get("path") if isinstance(source, Mapping) else source
-            try:
-                with Image.open(path) as image:
-                    images.append(image.convert("RGB"))
-            except (OSError, ValueError) as error:
-                raise ValueError(f"Cannot open image {path!r}: {error}") from error
+        images = [
+            load_image(row[self.image_column], label=_row_label(rows, position)) for position, row in enumerate(rows)
+        ]
         output = self.image_processor(images, return_tensors="pt")
         if "pixel_values" not in output:
             raise ValueError(f"The image processor returned {sorted(output)}, not 'pixel_values'.")
@@ -285,7 +288,7 @@ class ImageTextCollator:
             batch.update(self._pixel_batch(rows))
         if has_text:
             tokens = self.tokenizer(
-                [row[self.caption_column] for row in rows],
+                _captions(rows, self.caption_column),
                 padding=True,
                 truncation=True,
                 max_length=self.text_max_length,

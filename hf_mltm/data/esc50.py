@@ -6,30 +6,41 @@ Layout (https://github.com/karolpiczak/ESC-50)::
     <data_dir>/audio/{fold}-{freesound_id}-{take}-{target}.wav   (any libsndfile format works)
 
 Each clip is one item with one template caption (``caption_template`` with the class name, underscores as
-spaces). ``label_id`` is the official ``target`` (0..49) and ``fold`` the official fold (1..5).
+spaces). ``label_id`` is the official ``target`` (0..49) and ``fold`` the official fold (1..5). Each row is
+checked against the official classes: ``target`` must be in 0..49 and name the row's ``category``.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from datasets import DatasetDict, Value
 
-from ._common import (
-    as_dir,
-    assemble,
-    check_common_args,
-    format_caption,
-    label_text,
-    read_csv_rows,
-    select_splits,
-)
+from hf_mltm.validation import check_bool, strict_keywords
 
-__all__ = ["ESC50_FOLDS", "build_esc50", "class_prompts"]
+from ._arguments import as_dir, check_common_args, select_splits
+from ._assemble import assemble
+from ._readers import check_relative_path, read_csv_rows
+from .labels import format_caption, label_text
+
+__all__ = ["ESC50_CATEGORIES", "ESC50_FOLDS", "build_esc50", "class_prompts"]
 
 ESC50_FOLDS = (1, 2, 3, 4, 5)
+# the official classes: target t is ESC50_CATEGORIES[t] (meta/esc50.csv, columns target and category)
+ESC50_CATEGORIES = (
+    "dog", "rooster", "pig", "cow", "frog", "cat", "hen", "insects", "sheep", "crow",
+    "rain", "sea_waves", "crackling_fire", "crickets", "chirping_birds", "water_drops", "wind", "pouring_water",
+    "toilet_flush", "thunderstorm",
+    "crying_baby", "sneezing", "clapping", "breathing", "coughing", "footsteps", "laughing", "brushing_teeth",
+    "snoring", "drinking_sipping",
+    "door_wood_knock", "mouse_click", "keyboard_typing", "door_wood_creaks", "can_opening", "washing_machine",
+    "vacuum_cleaner", "clock_alarm", "clock_tick", "glass_breaking",
+    "helicopter", "chainsaw", "siren", "car_horn", "engine", "train", "church_bells", "airplane", "fireworks",
+    "hand_saw",
+)  # fmt: skip
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10")
 DEFAULT_CAPTION_TEMPLATE = "the sound of {label}"
 
@@ -57,12 +68,17 @@ def class_prompts(labels: Sequence[str], template: str = "This is a sound of {la
     return [format_caption(template, label_text(label), f"label {label!r}") for label in labels]
 
 
-def _folds(name: str, folds: Sequence[int] | None) -> set[int] | None:
+def _folds(name: str, folds: int | Sequence[int] | None) -> set[int] | None:
     if folds is None:
         return None
-    values = {int(fold) for fold in ([folds] if isinstance(folds, int) else folds)}
-    bad = sorted(values - set(ESC50_FOLDS))
-    if bad or not values:
+    values = [folds] if isinstance(folds, numbers.Integral) else folds
+    if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a fold number or a list of them, e.g. [1, 2], got {folds!r}.")
+    values = list(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in values):
+        raise ValueError(f"{name} must be a non-empty subset of {list(ESC50_FOLDS)}, got {folds!r}.")
+    values = {int(fold) for fold in values}
+    if values - set(ESC50_FOLDS):
         raise ValueError(f"{name} must be a non-empty subset of {list(ESC50_FOLDS)}, got {folds!r}.")
     return values
 
@@ -82,6 +98,7 @@ def _split_folds(
     return {"train": train, "test": test}
 
 
+@strict_keywords()
 def build_esc50(
     data_dir: str | os.PathLike,
     *,
@@ -124,7 +141,8 @@ def build_esc50(
     Raises:
         MissingDataFileError: ``meta/esc50.csv`` or (with ``on_missing="error"``) a clip is missing.
         CorruptDataFileError: A clip's header is unreadable (``verify_files=True``, ``on_missing="error"``).
-        ValueError: Bad arguments, or a malformed CSV (missing column, bad fold/target/esc10 value).
+        ValueError: Bad arguments, or a malformed CSV (missing column, bad fold/target/esc10 value, a target outside
+            0..49 or not matching its category, a filename that is absolute or has a ``..`` component).
 
     Example:
 
@@ -136,7 +154,9 @@ def build_esc50(
 
     ```
     """
-    check_common_args(view, on_missing)
+    check_common_args(view, on_missing, verify_files)
+    check_bool("esc10_only", esc10_only)
+    check_bool("exclude_esc10", exclude_esc10)
     if esc10_only and exclude_esc10:
         raise ValueError("esc10_only and exclude_esc10 exclude each other.")
     split_folds = _split_folds(folds, train_folds, test_folds)
@@ -184,9 +204,20 @@ def _parse_row(row: dict, source: str) -> tuple[int, int, bool]:
         ) from error
     if fold not in ESC50_FOLDS:
         raise ValueError(f"{source}: 'fold' must be in {list(ESC50_FOLDS)}, got {fold}.")
+    if not 0 <= target < len(ESC50_CATEGORIES):
+        raise ValueError(
+            f"{source}: 'target' must be an ESC-50 class index in 0..{len(ESC50_CATEGORIES) - 1}, got {target}."
+        )
     esc10 = row["esc10"].strip().lower()
     if esc10 not in ("true", "false"):
         raise ValueError(f"{source}: 'esc10' must be True or False, got {row['esc10']!r}.")
     if not row["filename"] or not row["category"]:
         raise ValueError(f"{source}: 'filename' and 'category' must not be empty.")
+    if row["category"] != ESC50_CATEGORIES[target]:
+        raise ValueError(
+            f"{source}: 'target' {target} is the class {ESC50_CATEGORIES[target]!r}, but 'category' is "
+            f"{row['category']!r}; fix one of the two fields (the official table: target t is class t of "
+            f"hf_mltm.data.esc50.ESC50_CATEGORIES)."
+        )
+    check_relative_path(row["filename"], source, "filename")
     return fold, target, esc10 == "true"

@@ -1,12 +1,7 @@
 """Flickr30K and Flickr8k image-text retrieval from Karpathy-split JSON files and an image folder.
 
-Karpathy JSON (``dataset_flickr30k.json``, ``dataset_flickr8k.json``, ``dataset_coco.json``)::
-
-    {"images": [{"filename": "1000268201_693b08cb0e.jpg", "split": "train" | "val" | "test" | "restval",
-                 "sentences": [{"raw": "A child in a pink dress ...", "tokens": [...]}, ...],
-                 "filepath": "Images"   (optional; COCO: "train2014"/"val2014")}, ...]}
-
-Layouts::
+The JSON format is read by `hf_mltm.data.karpathy` (``{"images": [{"filename", "split", "sentences",
+"filepath"?}]}``). Layouts::
 
     <data_dir>/dataset_flickr30k.json + <data_dir>/flickr30k-images/<filename>
     <data_dir>/dataset_flickr8k.json  + <data_dir>/Images/<filename> (or Flicker8k_Dataset/)
@@ -21,94 +16,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from datasets import DatasetDict
 
-from ._common import (
-    MissingDataFileError,
-    as_dir,
-    assemble,
-    check_common_args,
-    read_json,
-    require_fields,
-    select_splits,
-)
+from hf_mltm.validation import check_bool, strict_keywords
 
-__all__ = ["build_flickr30k", "build_flickr8k", "karpathy_items"]
+from ._arguments import as_dir, check_common_args, select_splits
+from ._assemble import assemble
+from .errors import MissingDataFileError
+from .karpathy import karpathy_items
 
-KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "validation", "test": "test"}
-KARPATHY_LAYOUT = 'Karpathy format {"images": [{"filename", "split", "sentences": [{"raw"}]}]}'
-
-
-def karpathy_items(
-    json_path: Path,
-    root: Path,
-    *,
-    wanted: Sequence[str],
-    image_dir: str | None,
-    default_image_dir: str,
-    restval_to_train: bool = True,
-) -> dict[str, list[dict[str, Any]]]:
-    """Parse a Karpathy-split JSON into item dicts per canonical split.
-
-    Args:
-        json_path (`Path`): The JSON file.
-        root (`Path`): Dataset root that ``filepath``/``image_dir`` are relative to.
-        wanted (`Sequence[str]`): Canonical splits to keep.
-        image_dir (`str`, *optional*): Folder of every image (relative to ``root``); overrides ``filepath``.
-        default_image_dir (`str`): Folder for entries without ``filepath`` when ``image_dir`` is `None`.
-        restval_to_train (`bool`, defaults to `True`): Put ``restval`` images into ``train`` (else drop them).
-
-    Returns:
-        `dict[str, list[dict]]`: Items (``item_id`` = ``filename``, ``image`` = absolute path, ``captions``,
-        ``_source``) for each split of ``wanted``, in JSON order.
-
-    Raises:
-        MissingDataFileError: The JSON file does not exist.
-        ValueError: Malformed JSON, a missing field, an unknown split or an image without captions.
-    """
-    data = read_json(json_path, what=KARPATHY_LAYOUT)
-    require_fields(data, ["images"], f"JSON file {str(json_path)!r}", KARPATHY_LAYOUT)
-    if not isinstance(data["images"], list):
-        raise ValueError(f"JSON file {str(json_path)!r}: 'images' must be a list ({KARPATHY_LAYOUT}).")
-    items: dict[str, list[dict[str, Any]]] = {split: [] for split in wanted}
-    for index, entry in enumerate(data["images"]):
-        where = f"{json_path} images[{index}]"
-        require_fields(entry, ["filename", "split", "sentences"], where, KARPATHY_LAYOUT)
-        split = KARPATHY_SPLITS.get(entry["split"])
-        if split is None:
-            raise ValueError(
-                f"{where}: unknown split {entry['split']!r}; expected one of {list(KARPATHY_SPLITS)}."
-            )
-        if (entry["split"] == "restval" and not restval_to_train) or split not in items:
-            continue
-        captions = [
-            _sentence_text(sentence, f"{where}.sentences[{k}]")
-            for k, sentence in enumerate(entry["sentences"])
-        ]
-        if not captions:
-            raise ValueError(f"{where}: image {entry['filename']!r} has no sentences.")
-        folder = image_dir if image_dir is not None else entry.get("filepath") or default_image_dir
-        items[split].append(
-            {
-                "item_id": entry["filename"],
-                "image": str(root / folder / entry["filename"]),
-                "captions": captions,
-                "_source": where,
-            }
-        )
-    return items
-
-
-def _sentence_text(sentence: Any, where: str) -> str:
-    if isinstance(sentence, dict) and isinstance(sentence.get("raw"), str) and sentence["raw"].strip():
-        return sentence["raw"].strip()
-    if isinstance(sentence, dict) and sentence.get("tokens"):
-        return " ".join(sentence["tokens"])
-    raise ValueError(
-        f"{where}: a sentence needs a non-empty 'raw' string or a 'tokens' list ({KARPATHY_LAYOUT})."
-    )
+__all__ = ["build_flickr30k", "build_flickr8k"]
 
 
 def _find_json(root: Path, karpathy_json: str | None, candidates: Sequence[str], dataset_name: str) -> Path:
@@ -137,7 +55,8 @@ def _build_karpathy(
     verify_files: bool,
     restval_to_train: bool,
 ) -> DatasetDict:
-    check_common_args(view, on_missing)
+    check_common_args(view, on_missing, verify_files)
+    check_bool("restval_to_train", restval_to_train)
     wanted = select_splits(splits, ["train", "validation", "test"], dataset_name)
     root = as_dir(data_dir, dataset_name)
     json_path = _find_json(root, karpathy_json, json_candidates, dataset_name)
@@ -162,6 +81,7 @@ def _build_karpathy(
     )
 
 
+@strict_keywords()
 def build_flickr30k(
     data_dir: str | os.PathLike,
     *,
@@ -193,7 +113,8 @@ def build_flickr30k(
     Raises:
         MissingDataFileError: The JSON or (with ``on_missing="error"``) an image is missing.
         CorruptDataFileError: An image cannot be verified (``verify_files=True``, ``on_missing="error"``).
-        ValueError: Malformed JSON or a missing field.
+        ValueError: An unknown keyword argument, malformed JSON, a missing field, or an image path that is
+            absolute or has a ``..`` component.
     """
     return _build_karpathy(
         data_dir,
@@ -210,6 +131,7 @@ def build_flickr30k(
     )
 
 
+@strict_keywords()
 def build_flickr8k(
     data_dir: str | os.PathLike,
     *,

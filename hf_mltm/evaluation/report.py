@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .ranking import RANKING_MODES
+
 __all__ = ["markdown_table", "plot_results", "result_rows", "save_report", "to_jsonable", "write_json",
            "write_markdown"]
 
 METRIC_COLUMNS = ("R@1", "R@5", "R@10", "medR", "meanR", "mAP@10", "MRR@10")
-RANKING_MODES = ("distance", "ot")
 
 
 def _is_metrics(value: Any) -> bool:

@@ -2,6 +2,11 @@
 
 Pure PyTorch with no model knowledge. Shapes: costs ``(..., n, m)``, marginals ``(..., n)`` and ``(..., m)``,
 embeddings ``(..., n, d)``; ``epsilon`` is in cost units.
+
+Every solver returns one type, [`OTResult`]: `sinkhorn` and `partial_sinkhorn` (plan, log-plan, potentials),
+`fragment_ot_scores` (``value``: the ``(B, C)`` pair scores, ``plan`` on request) and
+:func:`hf_mltm.ot.streaming.streaming_sinkhorn` (potentials and ``cost_scale``, no plan). Fields a solver does not
+produce are `None`.
 """
 
 from .autograd import PartialSinkhornKLLoss, SinkhornKLLoss, kl_to_plan
@@ -15,7 +20,7 @@ from .costs import (
     sq_euclidean_cost,
 )
 from .distributed import all_gather_with_grad, gather_tensor_dict, world_info
-from .fragments import FragmentOTScores, fragment_ot_scores
+from .fragments import FRAGMENT_OT_SCORES_REMOVED, fragment_ot_scores
 from .losses import (
     InfoNCELoss,
     contrastive_entropy_loss,
@@ -29,9 +34,10 @@ from .losses import (
 from .partial import partial_sinkhorn
 from .result import OTResult
 from .sinkhorn import sinkhorn
+from .streaming import CostChunks, streaming_sinkhorn
 
 __all__ = [
-    "FragmentOTScores",
+    "CostChunks",
     "InfoNCELoss",
     "all_gather_with_grad",
     "MahalanobisMetric",
@@ -55,6 +61,13 @@ __all__ = [
     "project_psd",
     "sinkhorn",
     "sq_euclidean_cost",
+    "streaming_sinkhorn",
     "triplet_loss",
     "world_info",
 ]
+
+
+def __getattr__(name: str):
+    if name == "FragmentOTScores":
+        raise AttributeError(FRAGMENT_OT_SCORES_REMOVED)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

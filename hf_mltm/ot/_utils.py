@@ -77,21 +77,55 @@ def log_marginal(
     return torch.log(weights)
 
 
+def check_broadcasts(name: str, tensor: torch.Tensor, expected: tuple[int, ...], cost_shape: torch.Size) -> None:
+    """Raise a `ValueError` naming both shapes unless ``tensor`` broadcasts to ``expected`` (a marginal, mask or
+    potential of a problem whose cost has shape ``cost_shape``); torch would raise a bare `RuntimeError` later."""
+    try:
+        fits = tuple(torch.broadcast_shapes(tensor.shape, expected)) == tuple(expected)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} has shape {tuple(tensor.shape)}, which does not broadcast to {tuple(expected)} as the cost of "
+            f"shape {tuple(cost_shape)} needs; give it shape (..., {expected[-1]}) with leading dims that broadcast "
+            f"to the cost's batch dims {tuple(cost_shape[:-2])}."
+        )
+
+
 def masked_cost(cost: torch.Tensor, row_mask: torch.Tensor | None, col_mask: torch.Tensor | None) -> torch.Tensor:
-    """Replace the cost of masked entries by 0 (their mass is zero anyway) and reject non-finite valid entries."""
+    """Replace the cost of masked entries by 0 (their mass is zero anyway) and reject non-finite valid entries.
+
+    Padding may hold anything, NaN included; only NaN/inf in valid (unmasked) entries is an error."""
     valid = None
     if row_mask is not None:
-        valid = row_mask.to(torch.bool)[..., :, None]
+        valid = row_mask.to(device=cost.device, dtype=torch.bool)[..., :, None]
     if col_mask is not None:
-        col = col_mask.to(torch.bool)[..., None, :]
+        col = col_mask.to(device=cost.device, dtype=torch.bool)[..., None, :]
         valid = col if valid is None else valid & col
     if valid is not None:
         cost = torch.where(valid, cost, torch.zeros((), dtype=cost.dtype, device=cost.device))
-    if not bool(torch.isfinite(cost).all()):
+    bad = ~torch.isfinite(cost)
+    if bool(bad.any()):
+        first = tuple(bad.nonzero()[0].tolist())
         raise ValueError(
-            "cost has NaN or inf entries in unmasked positions; give row_mask/col_mask for padding or fix the cost."
+            f"cost has {int(bad.sum())} NaN or inf entries in valid (unmasked) positions, the first at index {first}; "
+            f"fix the cost there, or mark padding with row_mask/col_mask (masked entries may hold anything)."
         )
     return cost
+
+
+def check_representable(solver: str, cost: torch.Tensor, epsilon: float) -> None:
+    """Reject a cost whose log-kernel ``cost / epsilon`` (valid entries; masked ones are already 0) is too large for
+    the compute dtype. The log-domain iterates add up to about four terms of this size (kernel, ``f``, ``g``, ``h``),
+    so ``max |C| / epsilon`` must stay below 1/16 of the largest float."""
+    limit = torch.finfo(cost.dtype).max / 16
+    largest = cost.abs().amax().item() if cost.numel() else 0.0
+    if largest / epsilon > limit:
+        raise ValueError(
+            f"{solver}: the cost is too large for {cost.dtype}: max |cost| / epsilon = {largest:.3g} / {epsilon:g} "
+            f"exceeds {limit:.3g}, so the log-domain solve cannot be represented. Normalise the cost (e.g. "
+            f"normalization='batch_max' or divide by its maximum), raise epsilon, or pass a float64 cost."
+        )
 
 
 def prepare_problem(
@@ -101,17 +135,26 @@ def prepare_problem(
     epsilon: float,
     row_mask: torch.Tensor | None,
     col_mask: torch.Tensor | None,
+    solver: str = "sinkhorn",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Validate one OT problem and bring it to the solvers' form (call inside :func:`autocast_disabled`).
+
+    Checks, before any computation: shapes (``a``, ``row_mask`` broadcast to ``(..., n)``, ``b``, ``col_mask`` to
+    ``(..., m)``), ``epsilon``, finite valid cost entries and a log-kernel ``cost / epsilon`` representable in the
+    compute dtype (see :func:`check_representable`).
 
     Returns the cost in the compute dtype with masked entries zeroed ``(..., n, m)``, the log-marginals ``(..., n)``
     and ``(..., m)`` (``-inf`` on masked entries) and ``epsilon`` as a float.
     """
     check_cost(cost)
     epsilon = check_epsilon(epsilon)
+    batch_shape, (n, m) = cost.shape[:-2], cost.shape[-2:]
+    for name, tensor, size in (("a", a, n), ("b", b, m), ("row_mask", row_mask, n), ("col_mask", col_mask, m)):
+        if tensor is not None:
+            check_broadcasts(name, torch.as_tensor(tensor), (*batch_shape, size), cost.shape)
     dtype = compute_dtype(cost)
     cost = masked_cost(cost.to(dtype), row_mask, col_mask)
-    batch_shape, (n, m) = cost.shape[:-2], cost.shape[-2:]
+    check_representable(solver, cost, epsilon)
     log_a = log_marginal(a, row_mask, batch_shape, n, dtype, cost.device, "a")
     log_b = log_marginal(b, col_mask, batch_shape, m, dtype, cost.device, "b")
     return cost, log_a, log_b, epsilon

@@ -61,7 +61,7 @@ class SinkhornKLLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         plan, target = ctx.saved_tensors
-        grad_cost = (target - plan) * (grad_loss[..., None, None] / ctx.epsilon)
+        grad_cost = torch.sub(target, plan).mul_(grad_loss[..., None, None] / ctx.epsilon)  # one (..., n, m) buffer
         return grad_cost.to(ctx.cost_dtype), None, None, None, None, None
 
 

@@ -37,9 +37,10 @@ import torch
 from torch.nn import functional as F
 
 from ._utils import autocast_disabled
-from .sinkhorn import _Overrelaxation
+from .result import OTResult
+from .sinkhorn import Overrelaxation
 
-__all__ = ["FragmentOTScores", "fragment_ot_scores"]
+__all__ = ["fragment_ot_scores"]
 
 # The kernel exp((S - 1) / eps) spans [exp(-2 / eps), 1]; below this epsilon it could leave the float32 range, so the
 # solve runs in float64, whose range covers epsilon down to _MIN_EPSILON.
@@ -49,46 +50,52 @@ _SPARSE_BACKWARD_DENSITY = 0.25
 _MIN_EPSILON = 0.003
 
 
-class FragmentOTScores(NamedTuple):
-    """Result of `fragment_ot_scores`.
-
-    Attributes:
-        scores (`torch.Tensor` of shape `(B, C)`): OT similarity of every image-caption pair.
-        plans (`torch.Tensor` of shape `(B, C, R, L)` or `None`): the transport plans (``return_plans=True``),
-            without gradient; padded fragments carry exactly 0.
-        marginal_error (`torch.Tensor` of shape `()`): the largest L1 marginal violation over all pairs.
-        n_iter (`int`): the most Sinkhorn iterations any chunk needed.
-    """
-
-    scores: torch.Tensor
-    plans: torch.Tensor | None
-    marginal_error: torch.Tensor
-    n_iter: int
-
-
-def _pair_mask(mask: torch.Tensor | None, own: int, size: int, name: str, device) -> torch.Tensor:
-    """A ``(B, C, size)``-broadcastable bool mask from ``None``, ``(own, size)`` or ``(B, C, size)``."""
+def _pair_mask(mask: torch.Tensor | None, pairs: tuple[int, int], size: int, name: str, device) -> torch.Tensor:
+    """A ``(B, C, size)``-broadcastable bool mask from ``None``, ``(own, size)`` or ``(B, C, size)`` (``pairs`` is
+    ``(B, C)``; ``own`` is ``B`` for the image mask and ``C`` for the text mask)."""
+    own = pairs[0] if name == "image_mask" else pairs[1]
     if mask is None:
         return torch.ones(1, 1, size, dtype=torch.bool, device=device)
-    mask = mask.to(device=device, dtype=torch.bool)
+    mask = torch.as_tensor(mask).to(device=device, dtype=torch.bool)
     if mask.dim() == 2 and mask.shape == (own, size):
         return mask[:, None] if name == "image_mask" else mask[None]
-    if mask.dim() == 3 and mask.shape[-1] == size:
+    fits_pairs = all(have in (1, want) for have, want in zip(mask.shape[:2], pairs, strict=False))
+    if mask.dim() == 3 and mask.shape[-1] == size and fits_pairs:
         return mask
     raise ValueError(
-        f"{name} must have shape ({own}, {size}) or (B, C, {size}) (per pair), got {tuple(mask.shape)}."
+        f"{name} must have shape ({own}, {size}) or ({pairs[0]}, {pairs[1]}, {size}) (per pair) for "
+        f"{pairs[0]} images and {pairs[1]} captions, got {tuple(mask.shape)}."
     )
+
+
+def _used_fragments(fragments: torch.Tensor, used: torch.Tensor, side: str) -> torch.Tensor:
+    """Check that every fragment some pair uses is finite and zero the fragments no pair uses ``(n, k, d)``.
+
+    ``used`` ``(n or 1, k)`` marks fragments valid in at least one pair. Padding may hold anything, NaN included:
+    zeroing it keeps NaN out of the similarities, where ``0 * NaN`` in the scaling updates would poison the whole
+    pair even though padding carries no mass (``masked_fill`` is not in place, so gradients still flow, as 0)."""
+    used = used.expand(fragments.shape[:2])
+    bad = used & ~torch.isfinite(fragments).all(-1)
+    if bool(bad.any()):
+        index, fragment = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"{side}_fragments has NaN or inf in {int(bad.sum())} valid fragments, the first is fragment {fragment} of "
+            f"{side} {index}; fix the features there, or mark padding with {side}_mask (masked fragments may hold "
+            f"anything)."
+        )
+    return fragments if bool(used.all()) else fragments.masked_fill(~used[..., None], 0)
 
 
 class _Problem:
     """The inputs of `fragment_ot_scores`, validated, with what every chunk needs."""
 
     def __init__(self, image_fragments, text_fragments, image_mask, text_mask, epsilon, mass, solver, chunk_rows):
-        self.image_fragments, self.text_fragments = image_fragments, text_fragments
         B, R, _ = image_fragments.shape
         C, L, _ = text_fragments.shape
-        self.image_mask = _pair_mask(image_mask, B, R, "image_mask", image_fragments.device)
-        self.text_mask = _pair_mask(text_mask, C, L, "text_mask", image_fragments.device)
+        self.image_mask = _pair_mask(image_mask, (B, C), R, "image_mask", image_fragments.device)
+        self.text_mask = _pair_mask(text_mask, (B, C), L, "text_mask", image_fragments.device)
+        self.image_fragments = _used_fragments(image_fragments, self.image_mask.any(1), "image")
+        self.text_fragments = _used_fragments(text_fragments, self.text_mask.any(0), "text")
         self.epsilon, self.mass, self.solver, self.chunk_rows = epsilon, mass, solver, chunk_rows
         self.shape = (B, C, R, L)
 
@@ -149,7 +156,7 @@ def _kernel_sinkhorn(kernel, a, b, slack, max_iter, tol, check_every):
     the problem augmented by one dummy fragment per side, without materialising it: the dummy column has kernel 1 to
     every real row, the dummy row kernel 1 to every real column and 0 to the dummy column.
 
-    The scaling updates are over-relaxed with the adaptive factor of the balanced solver (`_Overrelaxation`: the
+    The scaling updates are over-relaxed with the adaptive factor of the balanced solver (`Overrelaxation`: the
     plain rate is measured first, then ``omega`` is raised towards Young's optimum and backed off on divergence);
     the fixed point does not depend on ``omega``. Pairs are independent, so a pair that reaches ``tol`` stops
     iterating: at a check where at most half of the still-active pairs remain unconverged, those are gathered into
@@ -166,7 +173,7 @@ def _kernel_sinkhorn(kernel, a, b, slack, max_iter, tol, check_every):
     error = torch.full((count,), math.inf, dtype=kernel.dtype, device=kernel.device)
     active = torch.arange(count, device=kernel.device)  # pairs still iterating, as indices into all N
     state = dict(solution)  # the active pairs' scalings
-    relaxation, omega = _Overrelaxation(), 1.0
+    relaxation, omega = Overrelaxation(), 1.0
     kv = _matvec(kernel, state["v"])  # (n_active, R)
     iteration = 0
     for iteration in range(1, max_iter + 1):
@@ -244,7 +251,7 @@ def _augmented_plan(plan: torch.Tensor, solution: _Solution) -> torch.Tensor:
 def _solve_all(problem: _Problem, return_plans: bool, keep_for_backward: bool):
     """Solve every chunk without gradient. Returns scores ``(B, C)``, plans or ``None``, per chunk the
     `_Solution` (and, with ``keep_for_backward`` and a single chunk, the similarities and plan so the backward
-    need not recompute them), the largest marginal error and the most iterations."""
+    need not recompute them), the marginal error of every pair ``(B, C)`` and the most iterations."""
     B, C, R, L = problem.shape
     scores = problem.image_fragments.new_empty(B, C)
     plans = problem.image_fragments.new_empty(B, C, R, L) if return_plans else None
@@ -259,9 +266,9 @@ def _solve_all(problem: _Problem, return_plans: bool, keep_for_backward: bool):
                 plans[rows] = plan
             cached = (similarity, plan) if keep_for_backward and single_chunk else None
             saved.append((solution, cached))
-            errors.append(error.max())
+            errors.append(error)  # (b, C)
             n_iter = max(n_iter, iterations)
-    return scores, plans, saved, torch.stack(errors).max(), n_iter
+    return scores, plans, saved, torch.cat(errors), n_iter
 
 
 def _adjoint_gradient(plan: torch.Tensor, upstream: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -390,7 +397,7 @@ def fragment_ot_scores(
     pair_chunk_size: int | None = None,
     return_plans: bool = False,
     warn: bool = True,
-) -> FragmentOTScores:
+) -> OTResult:
     """OT similarity of every image-caption pair of two batches of fragments (see the module docstring).
 
     Args:
@@ -410,7 +417,12 @@ def fragment_ot_scores(
         warn (`bool`): warn when `tol` is not reached.
 
     Returns:
-        `FragmentOTScores`; ``scores`` is differentiable w.r.t. both fragment tensors (implicit gradient).
+        [`OTResult`] with ``value`` the scores ``(B, C)`` (in the fragments' dtype, float32 or float64;
+        differentiable w.r.t. both fragment tensors by the implicit gradient), ``plan`` the plans ``(B, C, R, L)``
+        with ``return_plans=True`` (without gradient; padded fragments carry exactly 0) else `None`,
+        ``marginal_error`` the L1 marginal error of every pair ``(B, C)``, ``n_iter`` the most iterations any chunk
+        ran and ``converged``; ``log_plan``, ``f``, ``g``, ``h`` are `None`. An empty gallery (``B = 0`` or
+        ``C = 0``) gives an empty ``(B, C)`` result.
     """
     if image_fragments.dim() != 3 or text_fragments.dim() != 3:
         raise ValueError(
@@ -427,8 +439,10 @@ def fragment_ot_scores(
     if pair_chunk_size is not None and pair_chunk_size < 1:
         raise ValueError(f"pair_chunk_size must be >= 1, got {pair_chunk_size}.")
     B, C = image_fragments.shape[0], text_fragments.shape[0]
-    chunk_rows = B if pair_chunk_size is None else max(1, min(B, pair_chunk_size // max(C, 1)))
     out_dtype = torch.float64 if torch.float64 in (image_fragments.dtype, text_fragments.dtype) else torch.float32
+    if B == 0 or C == 0:
+        return _empty_result(image_fragments, text_fragments, image_mask, text_mask, out_dtype, return_plans)
+    chunk_rows = B if pair_chunk_size is None else max(1, min(B, pair_chunk_size // C))
     dtype = torch.float64 if out_dtype == torch.float64 or epsilon < _FLOAT32_MIN_EPSILON else torch.float32
     with autocast_disabled(image_fragments.device):
         problem = _Problem(image_fragments.to(dtype), text_fragments.to(dtype), image_mask, text_mask, float(epsilon),
@@ -441,11 +455,42 @@ def fragment_ot_scores(
         if needs_grad:
             scores = _FragmentOTScoreFunction.apply(problem.image_fragments, problem.text_fragments, scores, problem,
                                                     saved)
-    if warn and tol > 0 and not error < tol:
+    converged = bool((error < tol).all()) if tol > 0 else True
+    if warn and not converged:
         warnings.warn(
-            f"fragment OT did not converge in {n_iter} iterations (max marginal error {error.item():.3g} >= tol "
+            f"fragment OT did not converge in {n_iter} iterations (max marginal error {error.max().item():.3g} >= tol "
             f"{tol:g}); raise max_iter or epsilon.",
             UserWarning,
             stacklevel=2,
         )
-    return FragmentOTScores(scores.to(out_dtype), plans, error, n_iter)
+    return OTResult(plan=plans, log_plan=None, f=None, g=None, n_iter=n_iter, marginal_error=error,
+                    converged=converged, value=scores.to(out_dtype))
+
+
+def _empty_result(image_fragments, text_fragments, image_mask, text_mask, out_dtype, return_plans) -> OTResult:
+    """The result for an empty gallery (no images or no captions): ``(B, C)`` scores and errors with ``B * C = 0``.
+
+    The masks are still validated; the scores stay attached to the fragments' graph (with zero gradient) so that a
+    loss on them can be back-propagated like any other."""
+    (B, R, _), (C, L, _) = image_fragments.shape, text_fragments.shape
+    device = image_fragments.device
+    _pair_mask(image_mask, (B, C), R, "image_mask", device)
+    _pair_mask(text_mask, (B, C), L, "text_mask", device)
+    scores = torch.zeros(B, C, dtype=out_dtype, device=device)
+    if torch.is_grad_enabled() and (image_fragments.requires_grad or text_fragments.requires_grad):
+        scores = scores + 0 * (image_fragments.sum() + text_fragments.sum()).to(out_dtype)
+    plans = torch.zeros(B, C, R, L, dtype=out_dtype, device=device) if return_plans else None
+    return OTResult(plan=plans, log_plan=None, f=None, g=None, n_iter=0,
+                    marginal_error=torch.zeros(B, C, dtype=out_dtype, device=device), converged=True, value=scores)
+
+
+def __getattr__(name: str):
+    if name == "FragmentOTScores":
+        raise AttributeError(FRAGMENT_OT_SCORES_REMOVED)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+FRAGMENT_OT_SCORES_REMOVED = (
+    "FragmentOTScores was replaced by OTResult: fragment_ot_scores returns an OTResult; read .value (scores) and "
+    ".plan (plans)."
+)

@@ -49,13 +49,26 @@ def duplicate_aware_target(
 
 
 def normalize_cost(cost: torch.Tensor, normalization: CostNormalization) -> torch.Tensor:
-    """``"batch_max"`` divides by the largest entry per problem (the reference code's choice; the max is not
-    detached, so its entry receives gradient too); ``"none"`` returns the cost unchanged."""
+    """Normalise a cost ``(..., n, m)`` per problem before the OT solve.
+
+    Args:
+        cost (`torch.Tensor` of shape `(..., n, m)`): the cost.
+        normalization (`str`): ``"none"`` returns the cost unchanged. ``"batch_max"`` divides each problem by its
+            largest entry (the reference code's choice) **when that maximum is positive**; a problem whose maximum is
+            0 or negative (an all-zero cost, or a cost such as ``-similarity``) is left unscaled, since dividing by it
+            would give NaN/inf or flip the sign of the cost (which turns the OT plan into its opposite). The maximum
+            is not detached: its entry receives gradient too.
+
+    Returns:
+        `torch.Tensor` of shape `(..., n, m)`: the cost divided by the per-problem scale (maximum or 1).
+    """
     if normalization == "none":
         return cost
     if normalization == "batch_max":
-        scale = cost.amax(dim=(-2, -1), keepdim=True)
-        return cost / scale.clamp_min(torch.finfo(cost.dtype).tiny)
+        scale = cost.amax(dim=(-2, -1), keepdim=True)  # (..., 1, 1)
+        # where() keeps the gradient away from a maximum that is not used (and from the clamp's 1 / tiny).
+        positive = scale > 0
+        return cost / torch.where(positive, scale, torch.ones_like(scale))
     raise ValueError(f"Unknown cost normalization {normalization!r}; use 'none' or 'batch_max'.")
 
 
@@ -70,6 +83,11 @@ def _cost_and_target(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised ``(..., b, b)`` cost and the ground-truth coupling in the solver's dtype."""
     size = _check_square(cost, "cost")
+    if item_ids is not None and torch.as_tensor(item_ids).shape != (size,):
+        raise ValueError(
+            f"item_ids has shape {tuple(torch.as_tensor(item_ids).shape)} but the cost of shape {tuple(cost.shape)} "
+            f"pairs a batch of {size} items; pass one id per row, shape ({size},)."
+        )
     cost = normalize_cost(cost, normalization)
     dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     return cost, duplicate_aware_target(item_ids, size, dtype=dtype, device=cost.device).expand_as(cost)

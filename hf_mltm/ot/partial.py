@@ -30,11 +30,13 @@ the plan equals the balanced Sinkhorn plan. POT's kernel-domain iteration omits 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._utils import autocast_disabled, matvec, prepare_problem, safe_divide, scalings_are_safe
 from .result import OTResult, finish_solve
-from .sinkhorn import _check_iterations, _needs_absorption, _Overrelaxation
+from .sinkhorn import Overrelaxation, check_iterations, needs_absorption
 
 Potentials = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # scaled f (..., n), g (..., m), h (...)
 
@@ -76,11 +78,16 @@ def partial_sinkhorn(
         max_iter, tol, check_every, warn: as in :func:`hf_mltm.ot.sinkhorn`; the error is the KKT residual.
 
     Returns:
-        [`OTResult`] whose `f`, `g` are the (non-positive) capacity potentials and `h` the mass potential.
+        [`OTResult`] whose `f`, `g` are the (non-positive) capacity potentials and `h` the mass potential (`value` is
+        `None`, `cost_scale` is 1).
+
+    Raises:
+        ValueError: as :func:`hf_mltm.ot.sinkhorn` (shapes, non-finite valid costs, a cost too large for its dtype,
+            a NaN result), and for an infeasible `mass`.
     """
-    _check_iterations(max_iter, tol, check_every)
+    check_iterations(max_iter, tol, check_every)
     with autocast_disabled(cost.device):
-        cost, log_a, log_b, epsilon = prepare_problem(a, b, cost, epsilon, row_mask, col_mask)
+        cost, log_a, log_b, epsilon = prepare_problem(a, b, cost, epsilon, row_mask, col_mask, "partial_sinkhorn")
         dtype, batch_shape = cost.dtype, cost.shape[:-2]
         mass = _check_mass(mass, log_a, log_b)
         log_mass = torch.log(torch.tensor(mass, dtype=dtype, device=cost.device))
@@ -93,12 +100,12 @@ def partial_sinkhorn(
         potentials = _log_domain_block(log_kernel, log_a, log_b, log_mass, (f_scaled, g_scaled, h_scaled), 1)
         kernel = _absorbed_kernel(log_kernel, *potentials)
         scalings = (torch.ones_like(a), torch.ones_like(b), torch.ones_like(h_scaled))
-        n_iter, relaxation = 1, _Overrelaxation()
+        n_iter, relaxation = 1, Overrelaxation()
         while True:
             marginal_error = _kkt_error(kernel, a, b, mass, potentials, scalings)
             error = marginal_error.max().item()
-            if n_iter >= max_iter or (tol > 0 and error < tol):
-                break
+            if n_iter >= max_iter or (tol > 0 and error < tol) or not math.isfinite(error):
+                break  # a non-finite error is reported by finish_solve
             steps = min(int(check_every), int(max_iter) - n_iter)
             omega = relaxation.update(error, steps)
             new_scalings = _scaling_block(kernel, a, b, mass, potentials, scalings, steps, omega)
@@ -110,7 +117,7 @@ def partial_sinkhorn(
                 scalings = tuple(torch.ones_like(s) for s in scalings)
                 kernel = _absorbed_kernel(log_kernel, *potentials)
             n_iter += steps
-            if _needs_absorption(*scalings):
+            if needs_absorption(*scalings):
                 potentials = _absorb(potentials, scalings)
                 scalings = tuple(torch.ones_like(s) for s in scalings)
                 kernel = _absorbed_kernel(log_kernel, *potentials)
@@ -121,7 +128,6 @@ def partial_sinkhorn(
         log_plan = log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :] + h_scaled[..., None, None]
         return finish_solve("partial_sinkhorn", plan, log_plan, (f_scaled, g_scaled, h_scaled), epsilon, n_iter,
                             marginal_error, tol, warn)
-
 
 
 def _absorbed_kernel(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

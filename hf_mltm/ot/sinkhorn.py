@@ -23,7 +23,7 @@ the log domain, so small ``epsilon`` (0.01 and below) and unnormalised costs are
 ``check_every`` iterations on the marginals of ``K * u v^T`` (one extra matrix-vector product per check). Once the
 linear convergence rate ``rho`` of the plain iteration has been measured (third check), the updates are
 over-relaxed with ``omega = 2 / (1 + sqrt(1 - rho))`` (successive over-relaxation, Thibault et al. 2017, Lehmann et
-al. 2022), refined adaptively and backed off if the error grows tenfold (``_Overrelaxation``); this cuts the
+al. 2022), refined adaptively and backed off if the error grows tenfold (``Overrelaxation``); this cuts the
 iterations on nearly-diagonal batch plans several-fold and does not change the fixed point. The solver
 computes in float32 (float64 for float64 input) even inside an autocast region. Memory is O(n m) per problem. The
 loop is autograd-transparent: with grad enabled it is differentiated by unrolling (use this only to verify the
@@ -36,11 +36,18 @@ import math
 
 import torch
 
-from ._utils import autocast_disabled, matvec, prepare_problem, safe_divide, scalings_are_safe
+from ._utils import (
+    autocast_disabled,
+    check_broadcasts,
+    matvec,
+    prepare_problem,
+    safe_divide,
+    scalings_are_safe,
+)
 from .result import OTResult, finish_solve
 
 
-def _check_iterations(max_iter: int, tol: float, check_every: int) -> None:
+def check_iterations(max_iter: int, tol: float, check_every: int) -> None:
     if int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
     if not tol >= 0:
@@ -80,7 +87,14 @@ def sinkhorn(
         warn (`bool`): emit a `UserWarning` when `tol` is not reached.
 
     Returns:
-        [`OTResult`] with `plan`, `log_plan`, potentials `f`, `g`, `n_iter`, `marginal_error`, `converged`.
+        [`OTResult`] with `plan`, `log_plan`, potentials `f`, `g`, `n_iter`, `marginal_error`, `converged` (`h` and
+        `value` are `None`, `cost_scale` is 1).
+
+    Raises:
+        ValueError: before solving, for shapes that do not fit the cost (marginals, masks, `init`; both shapes are
+            named), NaN/inf in valid (unmasked) cost entries (the first is located; padding may hold anything), a
+            cost too large for its dtype (``max |cost| / epsilon`` above 1/16 of the dtype's maximum: normalise it or
+            pass float64) and bad settings; after solving, instead of returning a NaN plan.
 
     Example:
         >>> import torch
@@ -90,9 +104,9 @@ def sinkhorn(
         tensor([[0.5000, 0.0000],
                 [0.0000, 0.5000]])
     """
-    _check_iterations(max_iter, tol, check_every)
+    check_iterations(max_iter, tol, check_every)
     with autocast_disabled(cost.device):
-        cost, log_a, log_b, epsilon = prepare_problem(a, b, cost, epsilon, row_mask, col_mask)
+        cost, log_a, log_b, epsilon = prepare_problem(a, b, cost, epsilon, row_mask, col_mask, "sinkhorn")
         dtype = cost.dtype
         if a is not None or b is not None:
             mass_a, mass_b = torch.logsumexp(log_a, -1).exp(), torch.logsumexp(log_b, -1).exp()
@@ -106,8 +120,12 @@ def sinkhorn(
             f_scaled = torch.zeros_like(log_a)
             g_scaled = torch.zeros_like(log_b)
         else:
-            f_scaled = init[0].to(dtype) / epsilon
-            g_scaled = init[1].to(dtype) / epsilon
+            if len(init) != 2:
+                raise ValueError(f"init must be a pair (f, g) of potentials, got {len(init)} tensors.")
+            check_broadcasts("init[0] (f)", init[0], tuple(log_a.shape), cost.shape)
+            check_broadcasts("init[1] (g)", init[1], tuple(log_b.shape), cost.shape)
+            f_scaled = init[0].to(device=cost.device, dtype=dtype) / epsilon
+            g_scaled = init[1].to(device=cost.device, dtype=dtype) / epsilon
         # Masked entries carry -inf potentials; keep them -inf in a warm start too.
         f_scaled = torch.where(torch.isinf(log_a), log_a, f_scaled)
         g_scaled = torch.where(torch.isinf(log_b), log_b, g_scaled)
@@ -116,34 +134,45 @@ def sinkhorn(
         f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled, g_scaled, 1)
         kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
         u, v = torch.ones_like(a), torch.ones_like(b)
-        n_iter, relaxation = 1, _Overrelaxation()
+        # K v and K^T u of the current scalings: a check reuses the column sums of the block's last update and
+        # hands its row sums to the next block's first update, so convergence checks cost no matrix-vector product.
+        row_sums = column_sums = None
+        n_iter, relaxation = 1, Overrelaxation()
         while True:
-            plan_rows = u * matvec(kernel, v)
-            plan_cols = v * matvec(kernel.transpose(-1, -2), u)
+            if row_sums is None:
+                row_sums = matvec(kernel, v)
+            if column_sums is None:
+                column_sums = matvec(kernel.transpose(-1, -2), u)
+            plan_rows, plan_cols = u * row_sums, v * column_sums
             marginal_error = (plan_rows - a).abs().sum(-1) + (plan_cols - b).abs().sum(-1)
             error = marginal_error.max().item()
-            if n_iter >= max_iter or (tol > 0 and error < tol):
-                break
+            if n_iter >= max_iter or (tol > 0 and error < tol) or not math.isfinite(error):
+                break  # a non-finite error is reported by finish_solve
             steps = min(int(check_every), int(max_iter) - n_iter)
             omega = relaxation.update(error, steps)
-            new_u, new_v = _scaling_block(kernel, a, b, u, v, steps, omega)
+            new_u, new_v, new_column_sums = _scaling_block(kernel, a, b, u, v, steps, omega, row_sums)
+            row_sums = None
             if scalings_are_safe(new_u, new_v):
-                u, v = new_u, new_v
+                u, v, column_sums = new_u, new_v, new_column_sums
             else:  # redo the block in the log domain from the last safe scalings, without over-relaxation
                 relaxation.disable()
                 f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled + u.log(),
                                                        g_scaled + v.log(), steps)
-                u, v = torch.ones_like(a), torch.ones_like(b)
+                u, v, column_sums = torch.ones_like(a), torch.ones_like(b), None
                 kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
             n_iter += steps
-            if _needs_absorption(u, v):
+            if needs_absorption(u, v):
                 f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
-                u, v = torch.ones_like(a), torch.ones_like(b)
+                u, v, column_sums = torch.ones_like(a), torch.ones_like(b), None
                 kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
 
-        plan = kernel * u[..., :, None] * v[..., None, :]
         f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
-        log_plan = log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :]
+        if kernel.requires_grad:  # unrolled differentiation: no in-place updates of saved tensors
+            plan = kernel * u[..., :, None] * v[..., None, :]
+            log_plan = log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :]
+        else:  # in place on buffers this function owns: at b = 4096 every fresh (b, b) buffer costs page faults
+            plan = kernel.mul_(u[..., :, None]).mul_(v[..., None, :])
+            log_plan = log_kernel.add_(f_scaled[..., :, None]).add_(g_scaled[..., None, :])
         return finish_solve("sinkhorn", plan, log_plan, (f_scaled, g_scaled), epsilon, n_iter, marginal_error, tol, warn)
 
 
@@ -152,10 +181,12 @@ ABSORB_LOG_THRESHOLD = 30.0
 
 def _absorbed_kernel(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``exp(log_kernel + f_i + g_j)`` for scaled potentials: the plan the potentials describe, ``(..., n, m)``."""
-    return (log_kernel + f[..., :, None] + g[..., None, :]).exp()
+    if torch.is_grad_enabled() and (log_kernel.requires_grad or f.requires_grad or g.requires_grad):
+        return (log_kernel + f[..., :, None] + g[..., None, :]).exp()
+    return (log_kernel + f[..., :, None]).add_(g[..., None, :]).exp_()  # one (..., n, m) buffer
 
 
-def _needs_absorption(*scalings: torch.Tensor) -> bool:
+def needs_absorption(*scalings: torch.Tensor) -> bool:
     """Whether any non-zero scaling left ``[e^-30, e^30]`` (zeros are masked entries and stay zero)."""
     return any(bool((s.log().abs().nan_to_num(0.0, posinf=0.0) > ABSORB_LOG_THRESHOLD).any()) for s in scalings)
 
@@ -172,25 +203,32 @@ def _log_domain_block(
 
 def _scaling_block(
     kernel: torch.Tensor, a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, v: torch.Tensor, steps: int,
-    omega: float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    omega: float = 1.0, row_sums: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``steps`` Sinkhorn iterations as scalings ``u``, ``v`` of the absorbed kernel ``(..., n, m)``.
 
     With ``omega > 1`` each update but the block's last is over-relaxed in the log domain:
     ``u <- u * (a / (u * K v))^omega`` (``omega = 1`` is the plain update ``u = a / (K v)``); the fixed point is the
-    same, and the plain last update leaves the column marginals exact after every block.
+    same, and the plain last update leaves the column marginals exact after every block. ``row_sums`` is ``K v`` of
+    the incoming ``v`` when the caller already has it. Returns ``u``, ``v`` and ``K^T u`` of the last update (the
+    column marginals are ``v * K^T u``).
     """
     for step in range(steps):
+        if row_sums is None:
+            row_sums = matvec(kernel, v)
         if omega == 1.0 or step == steps - 1:
-            u = safe_divide(a, matvec(kernel, v))
-            v = safe_divide(b, matvec(kernel.transpose(-1, -2), u))
+            u = safe_divide(a, row_sums)
+            column_sums = matvec(kernel.transpose(-1, -2), u)
+            v = safe_divide(b, column_sums)
         else:
-            u = u * safe_divide(a, u * matvec(kernel, v)).pow(omega)
-            v = v * safe_divide(b, v * matvec(kernel.transpose(-1, -2), u)).pow(omega)
-    return u, v
+            u = u * safe_divide(a, u * row_sums).pow(omega)
+            column_sums = matvec(kernel.transpose(-1, -2), u)
+            v = v * safe_divide(b, v * column_sums).pow(omega)
+        row_sums = None
+    return u, v, column_sums
 
 
-class _Overrelaxation:
+class Overrelaxation:
     """Adaptive over-relaxation factor for Sinkhorn (successive over-relaxation of the dual updates).
 
     Plain Sinkhorn converges linearly with a rate ``rho`` per iteration; for such Gauss-Seidel-type iterations the

@@ -1,8 +1,9 @@
-"""Training with accelerate: YAML configs, model/data factories, embedding cache, the loop, model card, Hub.
+"""Training with accelerate: YAML configs, model/data factories, checkpoints, the loop, model card, Hub.
 
 Entry point: ``accelerate launch scripts/train.py --config configs/<name>.yaml [--section.key value ...]``.
 """
 
+from .checkpointing import latest_checkpoint
 from .config import (
     EvaluationConfig,
     ExperimentConfig,
@@ -12,15 +13,13 @@ from .config import (
     parse_overrides,
 )
 from .data_factory import build_datasets
-from .embedding_cache import EmbeddingCache
 from .hub import HubAccessError, check_hub_access
 from .metrics_log import MetricsLog, read_metrics_log
 from .model_card import write_model_card
 from .model_factory import build_model_and_processor
-from .trainer import EpochShuffleSampler, TrainerState, TrainResult, latest_checkpoint, train
+from .trainer import EpochShuffleSampler, TrainerState, TrainResult, train
 
 __all__ = [
-    "EmbeddingCache",
     "EpochShuffleSampler",
     "EvaluationConfig",
     "ExperimentConfig",

@@ -43,8 +43,11 @@ class TrainingConfig:
             problem of ``batch_size`` samples).
         mixed_precision (`str`): ``"no"``, ``"bf16"`` (works on CPU) or ``"fp16"`` (GPU only).
         freeze_towers (`bool`): train only the heads / metric; the towers stay frozen in eval mode.
-        embedding_cache (`bool`): with frozen towers, run the towers once over the training set and train on the
-            cached tower outputs (`EmbeddingCache`).
+        embedding_cache (`bool`): with frozen towers, train (and evaluate) on the towers' outputs from the
+            content-keyed `hf_mltm.feature_cache.FeatureCache`: computed once per clip/caption content, tower and
+            preprocessing settings, so a changed file, tower or setting is never served stale.
+        feature_cache_dir (`str`, *optional*): the cache folder (default ``$HF_MLTM_CACHE/features``, i.e.
+            ``~/.cache/hf_mltm/features``), shared by runs.
         config_schedule (`list[dict]`): ``[{epoch: e, set: {config_key: value}}]`` applied to the model config at
             the start of epoch ``e`` (e.g. VSE++ hardest negatives after a warm-up epoch).
         checkpoint_every_steps (`int`, *optional*): ``save_state`` period; ``checkpoints_total_limit`` keeps the
@@ -69,6 +72,7 @@ class TrainingConfig:
     mixed_precision: str = "no"
     freeze_towers: bool = False
     embedding_cache: bool = False
+    feature_cache_dir: str | None = None
     shuffle: bool = True
     drop_last: bool = True
     config_schedule: list[dict] = field(default_factory=list)

@@ -54,19 +54,12 @@ def _source_dir(root: Path, data_dir: str) -> Path:
 
 
 def _load_source(source: dict[str, Any], root: Path, view: str, where: str) -> Dataset:
-    import hf_mltm.data as data_module
 
     if not isinstance(source, dict):
         raise ValueError(f"{where}: each source must be a mapping like {{builder: esc50, data_dir: esc50, "
                          f"split: train}}, got {source!r}.")
-    unknown = sorted(set(source) - SOURCE_KEYS)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(SOURCE_KEYS)}.")
-    name = source.get("builder")
-    builder = getattr(data_module, f"build_{name}", None)
-    if builder is None:
-        available = sorted(n[len("build_"):] for n in dir(data_module) if n.startswith("build_"))
-        raise ValueError(f"{where}: builder {name!r} does not exist; choose one of {available}.")
+    builder = _checked_builder(source, where)
+    name = source["builder"]
     if "data_dir" not in source or "split" not in source:
         raise ValueError(f"{where}: source {name!r} needs data_dir and split.")
     splits = builder(str(_source_dir(root, str(source["data_dir"]))), view=view, **(source.get("args") or {}))
@@ -77,6 +70,31 @@ def _load_source(source: dict[str, Any], root: Path, view: str, where: str) -> D
         limit = int(source["max_items"])
         dataset = dataset.filter(lambda index: index < limit, input_columns="item_index")
     return dataset
+
+
+def _checked_builder(source: Any, where: str):
+    """The builder of a source, after checking the source's keys and the builder's ``args`` (a typo fails naming
+    the closest valid key)."""
+    import hf_mltm.data as data_module
+    from hf_mltm.validation import check_known_keys
+
+    if not isinstance(source, dict):
+        raise ValueError(f"{where}: each source must be a mapping like {{builder: esc50, data_dir: esc50, "
+                         f"split: train}}, got {source!r}.")
+    check_known_keys(source, SOURCE_KEYS, where)
+    builder = data_module.get_builder(source.get("builder"))
+    data_module.check_builder_arguments(builder, source.get("args") or {}, f"{where}.args", reserved=("view",))
+    return builder
+
+
+def check_data_section(section: dict[str, Any]) -> None:
+    """Check every source of a ``data`` section (keys, builder names, builder ``args``) before any work."""
+    from hf_mltm.validation import check_known_keys
+
+    check_known_keys(section, DATA_KEYS, "data")
+    for key in ("train", "eval", "fallback_train", "fallback_eval"):
+        for index, source in enumerate(section.get(key) or []):
+            _checked_builder(source, f"data.{key}[{index}]")
 
 
 def _concatenate(datasets: list[Dataset], view: str, where: str) -> Dataset:
@@ -109,9 +127,7 @@ def build_datasets(section: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
     Raises:
         ValueError: unknown keys, an unknown builder or split, or no training source.
     """
-    unknown = sorted(set(section) - DATA_KEYS)
-    if unknown:
-        raise ValueError(f"data: unknown key(s) {unknown}; allowed: {sorted(DATA_KEYS)}.")
+    check_data_section(section)
     root = data_root(section)
     use_fallback = not root.is_dir() and section.get("fallback_train")
     train_sources = section.get("fallback_train" if use_fallback else "train") or []

@@ -1,5 +1,6 @@
 """JSONL metrics log: one JSON object per line (``{"type": "train", "step", "epoch", "loss", "lr"}`` per
-optimizer step, ``{"type": "eval", "epoch", "step", ...metrics}`` per evaluation)."""
+optimizer step, ``{"type": "eval", "epoch", "step", ...metrics}`` per evaluation). Epochs count from 1, as the console
+prints them: a train record's epoch is the epoch the step belongs to, an eval record's the epoch just finished."""
 
 from __future__ import annotations
 
@@ -27,14 +28,15 @@ class MetricsLog:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
 
     def truncate_after(self, step: int, epoch: int) -> None:
-        """Drop records written after a checkpoint (train steps ``> step``, evaluations of epochs ``>= epoch``),
-        so that a resumed run continues the log without duplicates."""
+        """Drop records written after a checkpoint taken at optimizer step ``step`` with ``epoch`` epochs finished
+        (train steps ``> step``, evaluations of epochs ``> epoch``), so that a resumed run continues the log without
+        duplicates."""
         if not self.path.is_file():
             return
         kept = [
             record for record in read_metrics_log(self.path)
             if (record.get("type") == "train" and record["step"] <= step)
-            or (record.get("type") == "eval" and record["epoch"] < epoch)
+            or (record.get("type") == "eval" and record["epoch"] <= epoch)
         ]
         self.path.write_text("".join(json.dumps(record, sort_keys=True) + "\n" for record in kept))
 

@@ -2,17 +2,28 @@
 
 One optimizer step on a global batch of ``b`` pairs (``training.batch_size``): the dataloader yields the global
 batch and accelerate hands each of the ``P`` processes a contiguous slice of ``b / P`` rows (``split_batches``), so
-the batches do not depend on ``P``. Each process runs the model (through DDP) on its slice with
-``output_loss_inputs=True``, all-gathers the per-sample loss inputs with gradient (`hf_mltm.ot.gather_tensor_dict`)
-and computes the loss of the whole global batch with ``loss_from_inputs``. The gather's backward sums the gradients
-of the ``P`` identical losses and DDP averages over ``P``: the update equals a one-process step on the same batch
-(checked by ``tests/scripts/test_train.py``).
+the batches do not depend on ``P``. The path of one step is::
+
+    outputs = model(**batch)                                  # DDP forward on the local slice
+    loss = loss_fn(outputs, item_ids=item_ids, step=global_step)
+    accelerator.backward(loss)
+
+``loss_fn`` is the model family's loss module (`MLTMLoss`, `OMITLoss`, from the family's adapter) built with
+``gather=True``: it all-gathers the outputs it needs with gradient (`hf_mltm.ot.all_gather_with_grad`) and computes
+the loss of the whole global batch. The gather's backward sums the gradients of the ``P`` identical losses and DDP
+averages over ``P``: the update equals a one-process step on the same batch (checked by
+``tests/scripts/test_train.py``). The trainer calls no other model method during training; after every optimizer
+step it calls ``loss_fn.on_optimizer_step()`` (the paper's PSD projection of a ``"projected"`` metric).
+
+With frozen towers and ``training.embedding_cache``, the towers' outputs for the training rows come from the
+content-keyed `hf_mltm.feature_cache.FeatureCache` (``training.feature_cache_dir``, default
+``$HF_MLTM_CACHE/features``), and so do those of the evaluation items at every evaluation. Checkpoints are written
+and read by `hf_mltm.training.checkpointing` (crash-safe, no unpickling).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,19 +32,18 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from hf_mltm.ot.distributed import all_gather_with_grad, gather_tensor_dict
+from hf_mltm.adapters import get_adapter
 
+from .checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .data_factory import build_datasets, describe_sources
-from .embedding_cache import EmbeddingCache
+from .data_factory import build_datasets, check_data_section, describe_sources
 from .metrics_log import MetricsLog
 from .model_card import write_model_card
-from .model_factory import build_model_and_processor
+from .model_factory import build_model_and_processor, cache_root, check_model_section
 
-__all__ = ["EpochShuffleSampler", "TrainResult", "TrainerState", "train"]
+__all__ = ["EpochShuffleSampler", "TrainResult", "TrainerState", "latest_checkpoint", "train"]
 
 TOWER_ATTRIBUTES = ("audio_model", "text_model", "vision_model")
-CHECKPOINT_PATTERN = re.compile(r"checkpoint_(\d+)$")
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -58,7 +68,7 @@ class EpochShuffleSampler(Sampler[int]):
 
 @dataclass
 class TrainerState:
-    """What `save_state` stores besides model/optimizer/scheduler/RNG (registered for checkpointing)."""
+    """What a checkpoint stores besides model/optimizer/scheduler/RNG (as JSON, `trainer_state.json`)."""
 
     global_step: int = 0
     epoch: int = 0
@@ -94,7 +104,7 @@ def _freeze_towers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def _fragments(data_section: dict[str, Any]):
-    """The precomputed image fragments of ``data.fragments`` (a folder of `hf_mltm.data.grid_features` shards,
+    """The precomputed image fragments of ``data.fragments`` (a folder written by `extract_grid_features` (`items.json` + feature cache),
     relative to the working directory), or ``None``."""
     if not data_section.get("fragments"):
         return None
@@ -103,19 +113,13 @@ def _fragments(data_section: dict[str, Any]):
     return load_grid_features(data_section["fragments"])
 
 
-def _collator(model: torch.nn.Module, processor: Any, data_section: dict[str, Any], fragments=None):
-    """The batch collator for the model's modality, with ``data.collator`` keyword arguments."""
-    from hf_mltm import data
-
-    kwargs = dict(data_section.get("collator") or {})
-    if getattr(model.config, "model_type", "") == "omit_image_text":
-        tokenizer = getattr(processor, "tokenizer", processor)
-        if fragments is not None:
-            kwargs["fragments"] = fragments
-        else:
-            kwargs["image_processor"] = getattr(processor, "image_processor", None)
-        return data.ImageTextCollator(tokenizer, **kwargs)
-    return data.AudioTextCollator(processor, **kwargs)
+def feature_cache_dir(config: ExperimentConfig) -> Path | None:
+    """Where frozen-tower outputs are cached: ``training.feature_cache_dir``, else ``$HF_MLTM_CACHE/features``;
+    `None` when the towers train (their outputs change every step)."""
+    training = config.training
+    if not (training.freeze_towers and training.embedding_cache):
+        return None
+    return Path(training.feature_cache_dir) if training.feature_cache_dir else cache_root() / "features"
 
 
 def _lr_lambda(config: ExperimentConfig, steps_per_epoch: int, total_steps: int):
@@ -138,13 +142,6 @@ def _lr_lambda(config: ExperimentConfig, steps_per_epoch: int, total_steps: int)
     return factor
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The ``checkpoints/checkpoint_<n>`` folder with the highest ``n`` (``None`` when there is none)."""
-    folder = Path(output_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint_*") if (m := CHECKPOINT_PATTERN.search(p.name))]
-    return max(found)[1] if found else None
-
-
 def _trackers(names: list[str]) -> list[str]:
     import importlib.util
 
@@ -156,8 +153,9 @@ def _evaluate(model, items, processor, config: ExperimentConfig, device, fragmen
 
     results = evaluate_retrieval(model, items, processor, ranking_modes=tuple(config.evaluation.ranking_modes),
                                  batch_size=config.evaluation.batch_size, device=device,
-                                 progress=config.training.progress, fragments=fragments)
-    results.pop("scores", None)  # an image-text model's score matrix: not a metric
+                                 progress=config.training.progress, fragments=fragments,
+                                 cache_dir=feature_cache_dir(config))
+    results.pop("cost", None)  # the (items, captions) cost matrix: not a metric
     return results
 
 
@@ -187,6 +185,10 @@ def train(config: ExperimentConfig) -> TrainResult:
 
     training, start_time = config.training, time.perf_counter()
     output_dir = Path(config.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{config.source}: output_dir {output_dir} is an existing file; give a folder.")
+    check_data_section(config.data)  # typos in sources or builder arguments fail before any work
+    check_model_section(config.model)
     if config.hub.push_to_hub:
         from .hub import check_hub_access
 
@@ -195,8 +197,7 @@ def train(config: ExperimentConfig) -> TrainResult:
     accelerator = Accelerator(
         mixed_precision=training.mixed_precision,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=True,
-                                            total_limit=training.checkpoints_total_limit),
+        project_config=ProjectConfiguration(project_dir=str(output_dir)),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=training.ddp_find_unused_parameters)],
         log_with=trackers or None,
@@ -209,26 +210,22 @@ def train(config: ExperimentConfig) -> TrainResult:
         model, processor = build_model_and_processor(config.model)
         train_rows, eval_items = build_datasets(config.data)
         fragments = _fragments(config.data)
+    adapter = get_adapter(model)
     if training.freeze_towers:
         _freeze_towers(model)
     if training.batch_size > len(train_rows) and training.drop_last:
         raise ValueError(f"{config.source}: training.batch_size={training.batch_size} exceeds the "
                          f"{len(train_rows)} training captions; lower it or set training.drop_last false.")
+    collator_kwargs = dict(config.data.get("collator") or {})
     if training.embedding_cache:
-        cache_path = output_dir / "embedding_cache.pt"
-        if accelerator.is_main_process and not cache_path.is_file():
-            output_dir.mkdir(parents=True, exist_ok=True)
-            cache = EmbeddingCache.build(model, train_rows, _collator(model, processor, config.data, fragments),
-                                         batch_size=config.evaluation.batch_size, progress=training.progress)
-            cache.save(cache_path)
-        accelerator.wait_for_everyone()
-        cache = EmbeddingCache.load(cache_path)
-        if len(cache) != len(train_rows):
-            raise ValueError(f"{cache_path} holds {len(cache)} rows but the training set has {len(train_rows)}: "
-                             "delete the stale cache file.")
-        dataset, collate_fn = list(range(len(cache))), cache.collate
+        # The main process computes what the cache lacks; the others then read every row from it.
+        with accelerator.main_process_first():
+            dataset, collate_fn = adapter.cached_training_data(
+                model, processor, train_rows, cache_dir=feature_cache_dir(config), collator_kwargs=collator_kwargs,
+                fragments=fragments, batch_size=config.evaluation.batch_size, progress=training.progress,
+                writer=accelerator.process_index)
     else:
-        dataset, collate_fn = train_rows, _collator(model, processor, config.data, fragments)
+        dataset, collate_fn = train_rows, adapter.collator(processor, fragments=fragments, **collator_kwargs)
     loader = DataLoader(dataset, batch_size=training.batch_size, drop_last=training.drop_last,
                         sampler=EpochShuffleSampler(len(dataset), config.seed, training.shuffle),
                         collate_fn=collate_fn,
@@ -244,7 +241,6 @@ def train(config: ExperimentConfig) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch, total_steps))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = TrainerState()
-    accelerator.register_for_checkpointing(state)
     log = MetricsLog(output_dir / "metrics.jsonl")
     if training.resume_from_checkpoint:
         checkpoint = (latest_checkpoint(output_dir) if training.resume_from_checkpoint == "latest"
@@ -252,16 +248,15 @@ def train(config: ExperimentConfig) -> TrainResult:
         if checkpoint is not None:
             if not checkpoint.is_dir():
                 raise ValueError(f"training.resume_from_checkpoint={checkpoint} is not a checkpoint folder.")
-            accelerator.load_state(str(checkpoint))
-            match = CHECKPOINT_PATTERN.search(checkpoint.name)
-            # save_state numbers checkpoints itself; continue after the loaded one or the next save collides.
-            accelerator.project_configuration.iteration = int(match.group(1)) + 1 if match else 0
+            state.load_state_dict(load_checkpoint(accelerator, checkpoint, model=model, optimizer=optimizer,
+                                                  scheduler=scheduler))
             if accelerator.is_main_process:
                 log.truncate_after(state.global_step, state.epoch)
                 accelerator.print(f"resumed from {checkpoint} at step {state.global_step}, epoch {state.epoch}")
     if trackers:
         accelerator.init_trackers("hf_mltm", config=_flatten({"training": config.training.__dict__}))
     unwrapped = accelerator.unwrap_model(model)
+    loss_fn = adapter.loss(unwrapped, gather=True)
     dump: list[dict[str, Any]] = []
     stop = False
     progress = tqdm(total=total_steps, initial=state.global_step, desc="train",
@@ -281,10 +276,8 @@ def train(config: ExperimentConfig) -> TrainResult:
             item_ids = batch.pop("item_ids")
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    outputs = model(**batch, output_loss_inputs=True)
-                    gathered = gather_tensor_dict(outputs.loss_inputs)
-                    global_item_ids = all_gather_with_grad(item_ids)
-                    loss = unwrapped.loss_from_inputs(gathered, global_item_ids)
+                    outputs = model(**batch)
+                    loss = loss_fn(outputs, item_ids=item_ids, step=state.global_step)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     if training.debug_dump_path and accelerator.is_main_process:
@@ -299,11 +292,10 @@ def train(config: ExperimentConfig) -> TrainResult:
             state.batches_in_epoch += 1
             if not accelerator.sync_gradients:
                 continue
-            if hasattr(unwrapped, "project_metric_"):
-                unwrapped.project_metric_()
+            loss_fn.on_optimizer_step()
             state.global_step += 1
             progress.update(1)
-            record = {"type": "train", "step": state.global_step, "epoch": epoch, "loss": loss.item(),
+            record = {"type": "train", "step": state.global_step, "epoch": epoch + 1, "loss": loss.item(),
                       "lr": scheduler.get_last_lr()[0]}
             progress.set_postfix(loss=f"{record['loss']:.4f}")
             if accelerator.is_main_process and state.global_step % training.log_every_steps == 0:
@@ -311,7 +303,9 @@ def train(config: ExperimentConfig) -> TrainResult:
             if trackers:
                 accelerator.log({"train/loss": record["loss"], "train/lr": record["lr"]}, step=state.global_step)
             if training.checkpoint_every_steps and state.global_step % training.checkpoint_every_steps == 0:
-                accelerator.save_state()
+                save_checkpoint(accelerator, output_dir, state.global_step, model=model, optimizer=optimizer,
+                                scheduler=scheduler, trainer_state=state.state_dict(),
+                                total_limit=training.checkpoints_total_limit)
             if training.max_steps is not None and state.global_step >= training.max_steps:
                 stop = True
                 break
@@ -339,7 +333,7 @@ def _evaluate_and_select(accelerator, unwrapped, processor, eval_items, config, 
         metrics = _evaluate(unwrapped, eval_items, processor, config, accelerator.device, fragments)
         mode = config.evaluation.ranking_modes[0]
         score = float(metrics[mode][config.evaluation.select_metric])
-        log.write({"type": "eval", "epoch": epoch, "step": state.global_step, "metrics": metrics})
+        log.write({"type": "eval", "epoch": epoch + 1, "step": state.global_step, "metrics": metrics})
         accelerator.print(f"epoch {epoch + 1}: {mode} {config.evaluation.select_metric} = {score:.2f}")
         if state.best_metric is None or score > state.best_metric:
             state.best_metric, state.best_epoch, state.best_metrics = score, epoch + 1, metrics
@@ -360,30 +354,42 @@ def _finish(accelerator, unwrapped, processor, config: ExperimentConfig, state: 
             start_time: float) -> TrainResult:
     output_dir = Path(config.output_dir)
     best = output_dir / "best"
+    failure: BaseException | None = None
     if accelerator.is_main_process:
-        model = unwrapped
-        if state.best_epoch is not None and best.is_dir():
-            model = type(unwrapped).from_pretrained(best)
-        model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        model_config = config.model.get("config") or {}
-        write_model_card(
-            output_dir,
-            model_type=str(config.model.get("type")),
-            loss=str(getattr(unwrapped.config, "loss_type", model_config.get("loss_type", "default"))),
-            datasets=describe_sources(config.data, "train"),
-            metrics=state.best_metrics or None,
-            training={key: value for key, value in config.training.__dict__.items()
-                      if key not in ("progress", "debug_dump_path", "trackers")},
-            eval_data="; ".join(describe_sources(config.data, "eval")) or None,
-            best_epoch=state.best_epoch,
-        )
-        # best/ stays: a run resumed from a checkpoint after this point must still find the best model.
-        if config.hub.push_to_hub:
-            from .hub import push_folder
-
-            url = push_folder(output_dir, config.hub.model_id, private=config.hub.private, token=config.hub.token)
-            accelerator.print(f"pushed to {url}")
+        try:
+            _save_final(accelerator, unwrapped, processor, config, state, output_dir, best)
+        except BaseException as error:  # let the other processes leave the barrier below before raising
+            failure = error
     accelerator.wait_for_everyone()
+    if failure is not None:
+        raise failure
     return TrainResult(output_dir, state.global_step, state.best_epoch, state.best_metrics,
                        time.perf_counter() - start_time)
+
+
+def _save_final(accelerator, unwrapped, processor, config: ExperimentConfig, state: TrainerState, output_dir: Path,
+                best: Path) -> None:
+    """Main process: save the best (or last) model, processor and model card; push to the Hub on request."""
+    model = unwrapped
+    if state.best_epoch is not None and best.is_dir():
+        model = type(unwrapped).from_pretrained(best)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    model_config = config.model.get("config") or {}
+    write_model_card(
+        output_dir,
+        model_type=str(config.model.get("type")),
+        loss=str(getattr(unwrapped.config, "loss_type", model_config.get("loss_type", "default"))),
+        datasets=describe_sources(config.data, "train"),
+        metrics=state.best_metrics or None,
+        training={key: value for key, value in config.training.__dict__.items()
+                  if key not in ("progress", "debug_dump_path", "trackers")},
+        eval_data="; ".join(describe_sources(config.data, "eval")) or None,
+        best_epoch=state.best_epoch,
+    )
+    # best/ stays: a run resumed from a checkpoint after this point must still find the best model.
+    if config.hub.push_to_hub:
+        from .hub import push_folder
+
+        url = push_folder(output_dir, config.hub.model_id, private=config.hub.private, token=config.hub.token)
+        accelerator.print(f"pushed to {url}")

@@ -137,7 +137,7 @@ def test_missing_column_and_malformed_csv(small_esc50):
     csv_path.unlink()
     with pytest.raises(MissingDataFileError, match="esc50.csv' does not exist"):
         build_esc50(small_esc50)
-    with pytest.raises(ValueError, match="view must be one of"):
+    with pytest.raises(ValueError, match=r"view='pairs' is not supported; choose one of \['captions', 'items'\]"):
         build_esc50(small_esc50, view="pairs")
 
 

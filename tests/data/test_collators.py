@@ -7,7 +7,7 @@ from datasets import Dataset, List, Value
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, CLIPImageProcessorPil
 
-from hf_mltm.audio import load_audio
+from hf_mltm.audio import crop_waveform, load_audio
 from hf_mltm.data import (
     AudioTextCollator,
     ImageTextCollator,
@@ -149,3 +149,77 @@ def test_unique_item_batch_sampler_partial_batches_and_impossible_cases():
     assert sorted(sum(crowded, [])) == list(range(8))
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         UniqueItemBatchSampler(item_ids, batch_size=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# One input path: the collators decode and crop through hf_mltm.audio / hf_mltm.image
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_audio_collator_random_crop_is_crop_waveform_with_the_seeded_generator(shared_data, processor, one_thread):
+    row = build_esc50(shared_data / "esc50", esc10_only=True)["test"][0]
+    batch = AudioTextCollator(processor, max_length_s=0.5, random_crop=True, seed=11)([row, row])
+    generator = torch.Generator().manual_seed(11)
+    waveform, _ = load_audio(row["audio"], 32000)
+    crops = [crop_waveform(waveform, 16000, random=True, generator=generator) for _ in range(2)]
+    assert not np.array_equal(crops[0], crops[1])
+    expected = processor.feature_extractor(crops, sampling_rate=32000, return_tensors="pt")["input_features"]
+    torch.testing.assert_close(batch["input_features"], expected, rtol=0, atol=0)
+
+
+def test_audio_collator_errors_name_the_batch_row(tmp_path, processor):
+    rows = [
+        {"audio": {"array": np.zeros(800, dtype=np.float32), "sampling_rate": 8000}, "item_id": "a", "item_index": 0},
+        {"audio": str(tmp_path / "gone.flac"), "item_id": "b", "item_index": 1},
+    ]
+    with pytest.raises(ValueError, match=r"Cannot read audio file '.*gone\.flac' \(batch row 1 \(item_id 'b'\)\)"):
+        AudioTextCollator(processor)(rows)
+    rows[1]["audio"] = {"array": np.zeros(800), "sampling_rate": float("nan")}
+    with pytest.raises(ValueError, match=r"'sampling_rate' of the audio value \(batch row 1 \(item_id 'b'\)\)"):
+        AudioTextCollator(processor)(rows)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sampling_rate": float("nan")}, "sampling_rate must be a whole number of Hz"),
+        ({"sampling_rate": "16000"}, "sampling_rate must be a whole number of Hz"),
+        ({"sampling_rate": 0}, "sampling_rate must be a whole number of Hz"),
+        ({"max_length_s": float("nan")}, "max_length_s must be a positive, finite number of seconds"),
+        ({"max_length_s": float("inf")}, "max_length_s must be a positive, finite number of seconds"),
+        ({"max_length_s": 1e-9}, r"max_length_s=1e-09 s is shorter than one sample at 32000 Hz"),
+    ],
+)
+def test_audio_collator_rejects_bad_settings(processor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AudioTextCollator(processor, **kwargs)
+
+
+@pytest.mark.parametrize("caption", [None, 5, ["a", "list"]])
+def test_caption_that_is_not_a_string_raises_naming_the_row(flickr, tokenizer, processor, caption):
+    rows = [dict(flickr["train"][0]), dict(flickr["train"][5])]
+    rows[1]["caption"] = caption
+    item_id = rows[1]["item_id"]
+    message = rf"The caption of batch row 1 \(item_id '{item_id}'\) is .* of type {type(caption).__name__}"
+    image_collator = ImageTextCollator(tokenizer, fragments={row["item_id"]: np.zeros((2, 4)) for row in rows})
+    with pytest.raises(ValueError, match=message):
+        image_collator(rows)
+    text_rows = [{"caption": row["caption"], "item_id": row["item_id"], "item_index": 0} for row in rows]
+    with pytest.raises(ValueError, match=message):
+        AudioTextCollator(processor)(text_rows)
+
+
+def test_image_collator_reads_bytes_dicts_and_names_unreadable_rows(flickr, tokenizer, tmp_path):
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    collator = ImageTextCollator(tokenizer, image_processor=image_processor)
+    row = dict(flickr["train"][0])
+    with open(row["image"], "rb") as handle:
+        data = handle.read()
+    from_path = collator([row])["pixel_values"]
+    # the bytes of an undecoded datasets.Image value used to be ignored in favour of its (here missing) path
+    from_bytes = collator([{**row, "image": {"bytes": data, "path": "not/on/this/machine.jpg"}}])["pixel_values"]
+    torch.testing.assert_close(from_bytes, from_path, rtol=0, atol=0)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(data[:100])
+    with pytest.raises(ValueError, match=r"image '.*broken\.jpg' \(batch row 1 \(item_id '.*'\)\)"):
+        collator([row, {**row, "image": str(broken)}])

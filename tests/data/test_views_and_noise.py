@@ -92,9 +92,12 @@ def test_noise_with_template_captions_changes_the_class(shared_data):
 
 
 def test_noise_errors(flickr_train):
-    for rate in (-0.1, 1.0, 1.5):
-        with pytest.raises(ValueError, match="noise_rate must be in \\[0, 1\\)"):
+    for rate in (-0.1, 1.0, 1.5, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="noise_rate must be a number in \\[0, 1\\)"):
             inject_noisy_correspondence(flickr_train, rate, seed=0)
+    for seed in (-1, 1.5, None):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            inject_noisy_correspondence(flickr_train, 0.1, seed=seed)
     with pytest.raises(ValueError, match="needs the captions view"):
         inject_noisy_correspondence(captions_to_items(flickr_train.select(range(10))), 0.1, seed=0)
     noisy = inject_noisy_correspondence(flickr_train.select(range(10)), 0.1, seed=0)

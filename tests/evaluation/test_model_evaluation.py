@@ -66,13 +66,17 @@ def items(shared_data):
 
 
 class TableModel(torch.nn.Module):
-    """Returns preset embeddings in call order and ranks by Euclidean distance (known ranks, no weights)."""
+    """An m-LTM stand-in (so its family adapter drives it) whose towers return preset embeddings in call order, with
+    identity heads and Euclidean ranking: known ranks, no weights. Distinct captions are encoded once each, in order
+    of first appearance."""
 
-    def __init__(self, audio_embeds, text_embeds, model_type="table"):
+    def __init__(self, audio_embeds, text_embeds):
         super().__init__()
         self.audio_embeds, self.text_embeds = audio_embeds, text_embeds
-        self.config = SimpleNamespace(ot_epsilon=0.05, cost_normalization="batch_max", model_type=model_type)
+        self.config = SimpleNamespace(ot_epsilon=0.05, cost_normalization="batch_max", model_type="mltm_audio_text",
+                                      text_pooling="mean", projection_dim=audio_embeds.shape[1])
         self.taken = {"audio": 0, "text": 0}
+        self.audio_model, self.text_model = torch.nn.Identity(), torch.nn.Identity()  # towers (fingerprints only)
 
     def _take(self, kind, count):
         table = self.audio_embeds if kind == "audio" else self.text_embeds
@@ -80,19 +84,28 @@ class TableModel(torch.nn.Module):
         self.taken[kind] = start + count
         return table[start : start + count]
 
-    def embed_audio(self, input_features, audio_attention_mask=None):
-        return self._take("audio", input_features.shape[0])
+    def get_tower_outputs(self, input_features=None, audio_attention_mask=None, input_ids=None, attention_mask=None,
+                          token_type_ids=None):
+        outputs = {}
+        if input_features is not None:
+            outputs["audio_tower_embeds"] = self._take("audio", input_features.shape[0])
+        if input_ids is not None:
+            outputs["text_tower_embeds"] = self._take("text", input_ids.shape[0])
+        return outputs
 
-    def embed_text(self, input_ids, attention_mask=None, token_type_ids=None):
-        return self._take("text", input_ids.shape[0])
+    def project_audio(self, audio_tower_embeds):
+        return audio_tower_embeds
+
+    def project_text(self, text_tower_embeds):
+        return text_tower_embeds
 
     def pairwise_cost(self, audio_embeds, text_embeds):
         return euclidean_cost(audio_embeds, text_embeds)
 
 
 def three_items(items):
-    return items.select(range(3)).map(lambda row, i: {"captions": [["x", "y"], ["x", "y"], ["x"]][i]},
-                                      with_indices=True)
+    captions = [["t0", "t1"], ["t2", "t3"], ["t4"]]
+    return items.select(range(3)).map(lambda row, i: {"captions": captions[i]}, with_indices=True)
 
 
 def test_hand_checked_ranks_give_exact_metrics(items, processor):
@@ -120,7 +133,8 @@ def test_hand_checked_ranks_give_exact_metrics(items, processor):
     assert result["modality_gap"] == pytest.approx(math.sqrt(10) / 15)
     assert (result["num_items"], result["num_captions"]) == (3, 5)
     assert result["embeddings"]["text_item_index"].tolist() == [0, 0, 1, 1, 2]
-    assert set(result) == {"distance", "modality_gap", "num_items", "num_captions", "settings", "embeddings"}
+    assert set(result) == {"distance", "modality_gap", "num_items", "num_captions", "settings", "embeddings", "cost"}
+    torch.testing.assert_close(result["cost"], euclidean_cost(audio, text))  # (items, captions)
 
 
 def test_ot_ranking_removes_a_hub(items, processor):
@@ -128,7 +142,7 @@ def test_ot_ranking_removes_a_hub(items, processor):
     # mass in the transductive OT plan, which restores the one-to-one matching.
     audio = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     text = torch.tensor([[-0.3, -0.3], [0.45, 0.0], [0.0, 0.45]])
-    data = three_items(items).map(lambda row: {"captions": ["x"]})
+    data = three_items(items).map(lambda row, i: {"captions": [f"t{i}"]}, with_indices=True)
     result = evaluate_retrieval(TableModel(audio, text), data, processor, ranking_modes=("distance", "ot"),
                                 progress=False)
     assert result["distance"]["text_to_audio"]["R@1"] == pytest.approx(100 / 3)
@@ -227,7 +241,7 @@ def test_bad_inputs_raise_clear_errors(items, processor):
     with pytest.raises(ValueError, match="no '\\{label\\}' field"):
         zero_shot_classification(model, items, processor, ["dog"], template="a sound", progress=False)
     broken = items.select(range(1)).map(lambda row: {"audio": ""})
-    with pytest.raises(ValueError, match="Row 0 of the items dataset has an unusable 'audio' value"):
+    with pytest.raises(ValueError, match="Row 0 of the dataset has an unusable 'audio' value"):
         evaluate_retrieval(model, broken, processor, progress=False)
 
 
@@ -262,7 +276,7 @@ def test_image_text_pair_scoring_model_on_real_flickr8k_items(shared_data, minil
     with torch.no_grad():
         scores = model(image_fragments=padded, image_fragment_mask=mask,
                        **tokenizer(captions, padding=True, return_tensors="pt")).scores  # (6, 30)
-    torch.testing.assert_close(results["scores"], scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(1 - results["cost"], scores, atol=1e-5, rtol=0)
     text_rank = (scores.T > scores.T.gather(1, owner[:, None])).sum(1)  # rank of the true image per caption
     image_best = torch.stack([(scores[i] > scores[i, owner == i].max()).sum() for i in range(6)])
     distance = results["distance"]

@@ -131,3 +131,68 @@ def test_rank_invariants_under_item_permutation_and_perfect_retrieval(num_items,
     assert ((ranks >= 0) & (ranks < num_items)).all()
     perfect = retrieval_ranks(items[query_ids], items, query_ids, item_ids)
     assert retrieval_metrics(perfect)["R@1"] == 100.0
+
+
+@pytest.mark.parametrize("mode", ["distance", "ot"])
+@pytest.mark.parametrize("cache_bytes", [0, 2**30])
+def test_ranks_from_a_block_function_equal_ranks_from_the_full_cost(mode, cache_bytes):
+    from hf_mltm.evaluation import ranks_from_cost
+    from hf_mltm.ot import CostChunks
+
+    generator = torch.Generator().manual_seed(4)
+    queries = torch.randn(19, 5, generator=generator, dtype=torch.float64)
+    items = torch.randn(8, 5, generator=generator, dtype=torch.float64)
+    query_ids, item_ids = torch.randint(0, 4, (19,), generator=generator), torch.arange(8) % 4
+    cost = euclidean_cost(queries, items)
+
+    def score_chunk(rows: slice) -> torch.Tensor:  # a "model" scoring a chunk of queries against the whole gallery
+        return euclidean_cost(queries[rows], items)
+
+    settings = {"mode": mode, "ot_max_iter": 3000, "ot_tol": 1e-12}
+    chunks = CostChunks(score_chunk, 19, 8, chunk_size=4, cache_bytes=cache_bytes, dtype=torch.float64)
+    from_blocks = ranks_from_cost(chunks, query_ids, item_ids, **settings)
+    assert torch.equal(from_blocks, ranks_from_cost(cost, query_ids, item_ids, **settings))
+    assert torch.equal(from_blocks, retrieval_ranks(queries, items, query_ids, item_ids, chunk_size=4, **settings))
+    if mode == "distance":
+        assert torch.equal(from_blocks, brute_force_ranks(cost, query_ids, item_ids))
+    else:
+        plan = sinkhorn(None, None, cost / cost.max(), 0.05, tol=1e-12, max_iter=3000).plan
+        assert torch.equal(from_blocks, brute_force_ranks(-plan, query_ids, item_ids))
+
+
+def test_ot_ranking_of_a_negative_cost_is_not_inverted_by_batch_max():
+    # Regression: batch_max divided a cost with a negative maximum (e.g. -similarity) by it, flipping its sign.
+    from hf_mltm.evaluation import ranks_from_cost
+
+    generator = torch.Generator().manual_seed(5)
+    cost = -torch.rand(12, 6, generator=generator, dtype=torch.float64) - 0.5  # every entry negative
+    query_ids, item_ids = torch.randint(0, 6, (12,), generator=generator), torch.arange(6)
+    ranks = ranks_from_cost(cost, query_ids, item_ids, mode="ot", ot_max_iter=5000, ot_tol=1e-12)
+    plan = sinkhorn(None, None, cost, 0.05, tol=1e-12, max_iter=5000).plan  # unscaled
+    assert torch.equal(ranks, brute_force_ranks(-plan, query_ids, item_ids))
+
+
+def test_ranks_from_cost_rejects_ids_that_do_not_match_the_cost():
+    from hf_mltm.evaluation import ranks_from_cost
+
+    with pytest.raises(ValueError, match=r"query_ids has 3 entries but the cost has 2 rows"):
+        ranks_from_cost(torch.rand(2, 4), torch.arange(3), torch.arange(4))
+    with pytest.raises(ValueError, match=r"item_ids has 3 entries but the cost has 4 columns"):
+        ranks_from_cost(torch.rand(2, 4), torch.arange(2), torch.arange(3))
+    with pytest.raises(ValueError, match=r"cost must be a \(num_queries, num_items\) tensor, got \(2, 4, 1\)"):
+        ranks_from_cost(torch.rand(2, 4, 1), torch.arange(2), torch.arange(4))
+
+
+def test_ranking_modes_are_one_vocabulary():
+    from hf_mltm.evaluation.ranking import RANKING_MODES, ranks_from_cost
+
+    assert RANKING_MODES == ("distance", "ot")
+    with pytest.raises(ValueError, match=r"Unknown ranking mode 'plan'; use one of 'distance', 'ot'"):
+        ranks_from_cost(torch.rand(2, 2), torch.arange(2), torch.arange(2), mode="plan")
+
+
+def test_no_queries_give_an_empty_ranking():
+    from hf_mltm.evaluation import ranks_from_cost
+
+    for mode in ("distance", "ot"):
+        assert ranks_from_cost(torch.rand(0, 3), torch.arange(0), torch.arange(3), mode=mode).shape == (0, 0)

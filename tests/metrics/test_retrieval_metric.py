@@ -82,7 +82,9 @@ def test_equals_hf_mltm_evaluation_on_random_embeddings(metric, ranks_metric):
     # audio -> text: three positives per clip
     expected = retrieval_metrics(retrieval_ranks(audio, text, audio_ids, text_ids, cost_fn=cosine_cost))
     references = [[3 * i, 3 * i + 1, 3 * i + 2] for i in range(15)]
-    assert metric.compute(predictions=similarity.double().tolist(), references=references) == pytest.approx(expected)
+    assert metric.compute(predictions=similarity.double().tolist(), references=references) == pytest.approx(
+        expected
+    )
     # text -> audio through add_batch, in two batches
     expected = retrieval_metrics(retrieval_ranks(text, audio, text_ids, audio_ids, cost_fn=torch.cdist))
     distances = torch.cdist(text.double(), audio.double())
@@ -101,7 +103,10 @@ def test_recall_at_is_configurable(metric):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"predictions": [[0.1, 0.2], [0.3, 0.4]], "references": [[0]]}, r"predictions \(2\) and references \(1\)"),
+        (
+            {"predictions": [[0.1, 0.2], [0.3, 0.4]], "references": [[0]]},
+            r"predictions \(2\) and references \(1\)",
+        ),
         ({"predictions": [[0.1, 0.2], [0.3]], "references": [[0], [0]]}, "different lengths"),
         ({"predictions": [[0.1, 0.2]], "references": [[2]]}, r"outside \[0, 2\)"),
         ({"predictions": [[0.1, 0.2]], "references": [[]]}, "at least one positive"),
@@ -116,8 +121,49 @@ def test_bad_inputs_raise(metric, kwargs, match):
 def test_ranks_config_rejects_empty_and_negative(ranks_metric):
     with pytest.raises(ValueError, match="at least one positive"):
         ranks_metric.compute(predictions=[[0], []])
-    with pytest.raises(ValueError, match="negative ranks"):
+    with pytest.raises(ValueError, match=r"predictions\[0\] = \[-3\] holds negative ranks"):
         ranks_metric.compute(predictions=[[-3]])
+    with pytest.raises(ValueError, match=r"predictions\[1\] = \[2, -1\] holds negative ranks"):
+        ranks_metric.compute(predictions=[[0], [2, -1]])  # -1 is padding only inside hf_mltm.evaluation
+
+
+def test_ranks_config_rejects_a_duplicated_rank_instead_of_map_above_one(ranks_metric):
+    # before: mAP@10 = (1/1 + 2/1) / 2 = 1.5
+    with pytest.raises(
+        ValueError, match=r"predictions\[0\] = \[0, 0\] repeats \[0\]: list each rank of a query once"
+    ):
+        ranks_metric.compute(predictions=[[0, 0]])
+    result = ranks_metric.compute(predictions=[[1, 0]])  # the same positives without the repeat, in any order
+    assert result["mAP@10"] == pytest.approx(1.0) and result["R@1"] == pytest.approx(100.0)
+
+
+def test_scores_config_rejects_a_duplicated_positive_index(metric):
+    with pytest.raises(ValueError, match=r"references\[1\] = \[2, 2\] repeats \[2\]"):
+        metric.compute(predictions=[[0.9, 0.1, 0.5], [0.2, 0.8, 0.3]], references=[[0], [2, 2]])
+
+
+@pytest.mark.parametrize("recall_at", [(0,), (-5,), (1, 1), (2.5,), 10])
+def test_recall_at_must_be_distinct_positive_integers(metric, ranks_metric, recall_at):
+    with pytest.raises(ValueError, match="recall_at"):
+        metric.compute(predictions=[[0.1, 0.2, 0.3]], references=[[0]], recall_at=recall_at)
+    with pytest.raises(ValueError, match="recall_at"):
+        ranks_metric.compute(predictions=[[0]], recall_at=recall_at)
+
+
+@pytest.mark.parametrize("flag", ["no", "False", 0, 1, None])
+def test_greater_is_better_must_be_a_bool(metric, flag):
+    with pytest.raises(ValueError, match=rf"greater_is_better must be True or False, got {flag!r}"):
+        metric.compute(predictions=[[0.1, 0.2, 0.3]], references=[[0]], greater_is_better=flag)
+
+
+def test_greater_is_better_false_hand_checked(metric):
+    # costs 0.1, 0.2, 0.3: ascending order puts item 0 first; scores (descending) put it last
+    scores = metric.compute(predictions=[[0.1, 0.2, 0.3]], references=[[0]], recall_at=(1, 3))
+    costs = metric.compute(
+        predictions=[[0.1, 0.2, 0.3]], references=[[0]], recall_at=(1, 3), greater_is_better=False
+    )
+    assert (scores["R@1"], scores["R@3"], scores["meanR"]) == (0.0, 100.0, 3.0)
+    assert (costs["R@1"], costs["meanR"], costs["mAP@10"]) == (100.0, 1.0, 1.0)
 
 
 def test_unknown_config_is_rejected():

@@ -14,6 +14,7 @@ from hf_mltm.ot import (
     euclidean_cost,
     mltm_loss,
     mltm_partial_loss,
+    normalize_cost,
     sinkhorn,
     triplet_loss,
 )
@@ -181,3 +182,34 @@ def test_contrastive_entropy_loss_adds_the_entropy_term():
 def test_bad_arguments_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("name", ["negative", "all_zero"])
+def test_batch_max_of_a_non_positive_cost_is_not_applied_and_the_loss_stays_finite(name):
+    # Regression: dividing by a negative maximum gave NaN; by a zero maximum a gradient of 3.2e38.
+    cost = -torch.rand(3, 3, generator=torch.Generator().manual_seed(1)) if name == "negative" else torch.zeros(3, 3)
+    cost.requires_grad_()
+    loss = mltm_loss(cost, 0.05, normalization="batch_max")
+    (grad,) = torch.autograd.grad(loss, cost)
+    reference = mltm_loss(cost, 0.05, normalization="none")
+    (reference_grad,) = torch.autograd.grad(reference, cost)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    torch.testing.assert_close(loss, reference, atol=0, rtol=0)
+    torch.testing.assert_close(grad, reference_grad, atol=0, rtol=0)
+    if name == "all_zero":  # plan uniform 1/9, target I/3: KL = log 3, gradient (T - P) / epsilon
+        torch.testing.assert_close(loss, torch.tensor(math.log(3)))
+        expected = (torch.eye(3) / 3 - 1 / 9) / 0.05
+        torch.testing.assert_close(grad, expected)
+    normalized = normalize_cost(cost.detach(), "batch_max")
+    torch.testing.assert_close(normalized, cost.detach(), atol=0, rtol=0)
+
+
+def test_batch_max_normalises_each_problem_by_its_own_positive_maximum():
+    cost = torch.stack([torch.tensor([[1.0, 4.0], [2.0, 0.0]]), -torch.ones(2, 2)])
+    torch.testing.assert_close(normalize_cost(cost, "batch_max"),
+                               torch.stack([torch.tensor([[0.25, 1.0], [0.5, 0.0]]), -torch.ones(2, 2)]))
+
+
+def test_item_ids_of_the_wrong_length_name_both_shapes():
+    with pytest.raises(ValueError, match=r"item_ids has shape \(2,\) but the cost of shape \(3, 3\) pairs a batch of 3"):
+        mltm_loss(torch.rand(3, 3), 0.05, item_ids=torch.tensor([1, 2]))

@@ -177,3 +177,83 @@ def test_marginals_are_met(n, m, epsilon, scale, seed):
     assert torch.isfinite(result.log_plan).all() and (result.plan >= 0).all()
     torch.testing.assert_close(result.plan.sum(-1), a, atol=1e-8, rtol=0)
     torch.testing.assert_close(result.plan.sum(-2), b, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("solver", ["sinkhorn", "partial_sinkhorn"])
+@pytest.mark.parametrize(
+    ("cost_shape", "kwargs", "match"),
+    [
+        ((3, 4), {"a": torch.full((2, 3), 1 / 3)}, r"a has shape \(2, 3\), which does not broadcast to \(3,\) as the "
+                                                   r"cost of shape \(3, 4\)"),
+        ((2, 3, 4), {"b": torch.full((3, 4), 0.25)}, r"b has shape \(3, 4\), which does not broadcast to \(2, 4\) "
+                                                     r"as the cost of shape \(2, 3, 4\)"),
+        ((2, 3, 4), {"row_mask": torch.ones(5, 3, dtype=torch.bool)}, r"row_mask has shape \(5, 3\).*\(2, 3, 4\)"),
+        ((3, 4), {"col_mask": torch.ones(5, dtype=torch.bool)}, r"col_mask has shape \(5,\).*\(3, 4\)"),
+    ],
+)
+def test_shape_mismatch_raises_value_error_naming_both_shapes(solver, cost_shape, kwargs, match):
+    from hf_mltm.ot import partial_sinkhorn
+
+    args = {"a": None, "b": None} | kwargs
+    a, b = args.pop("a"), args.pop("b")
+    cost = torch.rand(cost_shape)
+    with pytest.raises(ValueError, match=match):
+        if solver == "sinkhorn":
+            sinkhorn(a, b, cost, 0.1, **args)
+        else:
+            partial_sinkhorn(a, b, cost, 0.1, 0.5, **args)
+
+
+def test_warm_start_of_the_wrong_shape_raises_value_error():
+    with pytest.raises(ValueError, match=r"init\[1\] \(g\) has shape \(3,\), which does not broadcast to \(4,\)"):
+        sinkhorn(None, None, torch.rand(3, 4), 0.1, init=(torch.zeros(3), torch.zeros(3)))
+
+
+def test_cost_too_large_for_float32_raises_instead_of_returning_a_nan_plan():
+    from hf_mltm.ot import mltm_loss, mltm_partial_loss, partial_sinkhorn
+
+    cost = torch.rand(4, 4, generator=torch.Generator().manual_seed(0)) * 3e38  # near the float32 maximum
+    for call in (
+        lambda: sinkhorn(None, None, cost, 0.05),
+        lambda: partial_sinkhorn(None, None, cost, 0.05, 0.5),
+        lambda: mltm_loss(cost, 0.05),
+        lambda: mltm_partial_loss(cost, 0.05, 0.5),
+    ):
+        with pytest.raises(ValueError, match=r"too large for torch.float32.*normalization='batch_max'.*float64"):
+            call()
+    # the suggested remedies work: batch-max normalisation equals solving the pre-divided cost, and float64 solves it
+    torch.testing.assert_close(mltm_loss(cost, 0.05, normalization="batch_max"), mltm_loss(cost / cost.max(), 0.05))
+    wide = sinkhorn(None, None, cost.double(), 0.05, max_iter=50, warn=False)
+    assert torch.isfinite(wide.plan).all() and not torch.isnan(wide.log_plan).any()
+
+
+def test_overflowing_solve_raises_even_past_the_up_front_check(monkeypatch):
+    import hf_mltm.ot._utils as utils
+
+    monkeypatch.setattr(utils, "check_representable", lambda *args: None)
+    cost = torch.rand(4, 4, generator=torch.Generator().manual_seed(0)) * 3e38
+    with pytest.raises(ValueError, match="sinkhorn produced a non-finite plan"):
+        sinkhorn(None, None, cost, 0.05)
+
+
+def test_nan_in_valid_entries_is_located_and_does_not_blame_normalisation():
+    cost = torch.rand(2, 4, 5)
+    row_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    cost[0, 3] = float("nan")  # padding row: allowed
+    result = sinkhorn(None, None, cost, 0.1, row_mask=row_mask)
+    assert torch.isfinite(result.plan).all() and torch.all(result.plan[0, 3] == 0)
+    cost[1, 2, 4] = float("inf")  # a valid entry
+    with pytest.raises(ValueError, match=r"1 NaN or inf entries in valid \(unmasked\) positions, the first at index "
+                                         r"\(1, 2, 4\)") as error:
+        sinkhorn(None, None, cost, 0.1, row_mask=row_mask)
+    assert "normali" not in str(error.value)
+
+
+def test_balanced_and_partial_results_leave_the_other_solvers_fields_empty():
+    from hf_mltm.ot import partial_sinkhorn
+
+    cost = torch.rand(3, 4)
+    for result in (sinkhorn(None, None, cost, 0.1), partial_sinkhorn(None, None, cost, 0.1, 0.5)):
+        assert result.value is None and result.cost_scale == 1.0
+        plan, log_plan, f, g, n_iter, marginal_error, converged, h = result[:8]  # historical positional order
+        assert plan is result.plan and g is result.g and converged is result.converged and h is result.h

@@ -6,15 +6,22 @@ import json
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
 import pytest
 
 from hf_mltm.data.grid_features import load_grid_features
+from hf_mltm.feature_cache import FeatureCache, content_key, file_fingerprint
 from tests.utils import SCRIPTS, load_script
 
 extract = load_script("extract_grid_features")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def cache_summary(output_dir):
+    """``(shards, rows)`` of the feature-cache folder that ``output_dir/items.json`` names."""
+    index = json.loads((output_dir / "items.json").read_text())
+    summary = FeatureCache(output_dir, index["cache_folder"], writer="test").describe()
+    return summary["shards"], summary["rows"]
 
 
 def test_main_extracts_the_karpathy_images_in_json_order(shared_data, tmp_path, capsys):
@@ -25,17 +32,19 @@ def test_main_extracts_the_karpathy_images_in_json_order(shared_data, tmp_path, 
     extract.main(argv + ["--no_progress"])
     assert capsys.readouterr().out.strip() == f"3 images, fragments (49, 1280) float16, in {tmp_path}"
 
-    expected_ids = [entry["filename"] for entry in json.loads(karpathy_json.read_text())["images"][:3]]
+    filenames = [entry["filename"] for entry in json.loads(karpathy_json.read_text())["images"][:5]]
     dataset = load_grid_features(tmp_path)
-    assert dataset["item_id"][:] == expected_ids
-    assert [pq.read_metadata(path).num_rows for path in sorted(tmp_path.glob("shard-*.parquet"))] == [2, 1]
+    assert dataset["item_id"][:] == filenames[:3]
+    index = json.loads((tmp_path / "items.json").read_text())
+    assert index["items"] == {
+        name: content_key("file", file_fingerprint(folder / "Images" / name)) for name in filenames[:3]
+    }
+    assert cache_summary(tmp_path) == (2, 3)  # shards of 2 and 1 rows
 
-    # run again with a larger limit: the first three are reused, two more land in a third shard
+    # run again with a larger limit: the first three are read from the cache, two more land in a third shard
     extract.main(argv[:4] + ["--output_dir", str(tmp_path), "--limit", "5", "--no_progress"])
-    assert [pq.read_metadata(path).num_rows for path in sorted(tmp_path.glob("shard-*.parquet"))] == [2, 1, 2]
-    assert load_grid_features(tmp_path)["item_id"][:] == [
-        entry["filename"] for entry in json.loads(karpathy_json.read_text())["images"][:5]
-    ]
+    assert cache_summary(tmp_path) == (3, 5)
+    assert load_grid_features(tmp_path)["item_id"][:] == filenames
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch, transformers and datasets: about 10-25 s on 2 cores

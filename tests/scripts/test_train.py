@@ -6,6 +6,7 @@ Tiny random towers (frozen), the MiniLM tokenizer and a few real ESC-50 clips ke
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,8 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 def tiny_config(tmp_path: Path, shared_data: Path, **training) -> Path:
     raw = yaml.safe_load((REPO / "configs" / "tiny_esc50.yaml").read_text())
     raw["data"]["root"] = str(shared_data)
-    raw["training"].update({"progress": False, "trackers": [], **training})
+    raw["training"].update({"progress": False, "trackers": [], "feature_cache_dir": str(tmp_path / "features"),
+                            **training})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -93,9 +95,8 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, shared_data):
                                 "--output_dir", str(killed)], cwd=REPO, env=env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
-    while not (killed / "checkpoints" / "checkpoint_1").is_dir() and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # let the second checkpoint finish writing
+    while not (killed / "checkpoints" / "checkpoint_6").is_dir() and time.time() < deadline:
+        time.sleep(0.02)  # the second checkpoint (steps 3 and 6) is complete once its folder has its final name
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "model.safetensors").exists()
@@ -112,9 +113,10 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, shared_data):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-7)
         assert got["lr"] == want["lr"]
     evals = [r for r in read_metrics_log(killed / "metrics.jsonl") if r["type"] == "eval"]
-    assert [r["epoch"] for r in evals] == list(range(6))
-    # New checkpoints continue the numbering instead of colliding with the loaded one.
-    assert (killed / "checkpoints" / f"checkpoint_{24 // 3 - 1}").is_dir()
+    assert [r["epoch"] for r in evals] == list(range(1, 7))  # counted from 1, as the console prints them
+    assert [r["epoch"] for r in resumed] == [1 + (step - 1) // 4 for step in range(1, 25)]
+    # Checkpoints are named by step; the newest two complete ones are kept.
+    assert sorted(path.name for path in (killed / "checkpoints").iterdir()) == ["checkpoint_21", "checkpoint_24"]
     assert (killed / "model.safetensors").is_file() and "## Evaluation" in (killed / "README.md").read_text()
 
 
@@ -139,6 +141,66 @@ def test_bad_override_is_a_clear_error(tmp_path, shared_data):
     assert str(config) in result.stderr
 
 
+def test_model_config_typo_fails_before_any_work_naming_the_key(tmp_path, shared_data):
+    config = tiny_config(tmp_path, shared_data)
+    out = tmp_path / "typo"
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config), "--output_dir", str(out),
+               "--model.config.ot_epsilonn", "5.0"]
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "model.config: unknown key 'ot_epsilonn' (did you mean 'ot_epsilon'?)" in result.stderr
+    assert not out.exists()  # nothing was built, cached or trained
+
+
+def test_builder_argument_typo_fails_before_any_work_naming_the_key(tmp_path, shared_data):
+    config = tiny_config(tmp_path, shared_data)
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["eval"][0]["args"] = {"esc10_onyl": True}
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "typo"
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config), "--output_dir", str(out)]
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "data.eval[0].args" in result.stderr and "'esc10_onyl'" in result.stderr and "'esc10_only'" in result.stderr
+    assert not out.exists()
+
+
+def test_output_dir_that_is_a_file_fails_before_any_work(tmp_path, shared_data):
+    config = tiny_config(tmp_path, shared_data)
+    (tmp_path / "a_file").write_text("not a folder")
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", str(config), "--output_dir",
+               str(tmp_path / "a_file")]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "is an existing file; give a folder" in result.stderr
+    assert not (tmp_path / "features").exists()  # no tower was run, nothing was cached
+    assert time.perf_counter() - started < 60
+
+
+def test_same_output_dir_with_other_clips_of_the_same_count_trains_on_the_new_clips(tmp_path, shared_data):
+    # Regression: the old per-run embedding_cache.pt was reused whenever its row count matched, so a second run in
+    # the same folder with other clips trained on the first clips' embeddings (same step-1 loss).
+    def first_loss(config_path, output_dir):
+        run_train(["--config", str(config_path), "--output_dir", str(output_dir), "--training.max_steps", "1",
+                   "--evaluation.enabled", "false"])
+        return next(r["loss"] for r in read_metrics_log(output_dir / "metrics.jsonl") if r["type"] == "train")
+
+    config = tiny_config(tmp_path, shared_data)
+    raw = yaml.safe_load(config.read_text())
+    other = dict(raw, data={**raw["data"], "train": [{**raw["data"]["train"][0], "split": "test",
+                                                       "args": {"esc10_only": True}, "max_items": 32}]})
+    other_config = tmp_path / "other.yaml"
+    other_config.write_text(yaml.safe_dump(other))
+    shared_dir = tmp_path / "same_folder"
+    first = first_loss(config, shared_dir)
+    shutil.rmtree(shared_dir / "checkpoints", ignore_errors=True)
+    (shared_dir / "metrics.jsonl").unlink()
+    second = first_loss(other_config, shared_dir)  # same folder and cache, other clips, same count (32)
+    fresh = first_loss(other_config, tmp_path / "fresh")
+    assert second != pytest.approx(first, abs=1e-6)
+    assert second == pytest.approx(fresh, abs=1e-6)
+
+
 def test_omit_trains_on_real_flickr8k_grid_fragments_and_reloads(tmp_path, shared_data):
     from transformers import AutoModel
 
@@ -155,7 +217,7 @@ def test_omit_trains_on_real_flickr8k_grid_fragments_and_reloads(tmp_path, share
     raw["data"]["train"][0]["max_items"] = 16
     raw["data"]["eval"][0]["max_items"] = 8
     raw["data"]["fragments"] = str(tmp_path / "grid")
-    raw["model"]["config"].update(embed_dim=32, image_projection_hidden_size=32, vse_warmup_steps=5)
+    raw["model"]["config"].update(embed_dim=32, image_projection_hidden_size=32, triplet_warmup_steps=5)
     raw["training"].update(num_epochs=3, batch_size=16, progress=False, trackers=[], checkpoint_every_steps=100)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -167,7 +229,11 @@ def test_omit_trains_on_real_flickr8k_grid_fragments_and_reloads(tmp_path, share
     assert len(evaluations) == 3 and set(evaluations[0]["metrics"]["distance"]) == {"text_to_image", "image_to_text",
                                                                                      "rsum"}
     model = AutoModel.from_pretrained(tmp_path / "run")
-    assert isinstance(model, OMITImageTextModel) and 5 <= int(model.loss_steps) <= 15  # the best epoch's model
+    assert isinstance(model, OMITImageTextModel)
+    # The final folder holds the best epoch's model: its weights are those saved to best/ at that epoch.
+    best_model = AutoModel.from_pretrained(tmp_path / "run" / "best")
+    for (name, value), (_, expected) in zip(model.state_dict().items(), best_model.state_dict().items(), strict=True):
+        assert torch.equal(value, expected), name
     assert (tmp_path / "run" / "README.md").read_text().count("text_to_image") >= 1
     # train -> save -> from_pretrained -> evaluate: the saved (best) model reproduces its in-training evaluation.
     from tests.utils import load_script

@@ -4,7 +4,6 @@ import torch
 
 from hf_mltm.tensors import pad_and_stack
 from hf_mltm.training import (
-    EmbeddingCache,
     EpochShuffleSampler,
     MetricsLog,
     read_metrics_log,
@@ -12,7 +11,7 @@ from hf_mltm.training import (
 )
 from hf_mltm.training.config import ExperimentConfig
 from hf_mltm.training.hub import HubAccessError, check_hub_access
-from hf_mltm.training.trainer import _lr_lambda, latest_checkpoint
+from hf_mltm.training.trainer import _lr_lambda
 
 
 def test_pad_and_stack_pads_each_dim_with_zeros_and_false():
@@ -21,44 +20,6 @@ def test_pad_and_stack_pads_each_dim_with_zeros_and_false():
     assert stacked[0].sum() == 6 and stacked[1].sum() == 8 and stacked[0, :, 3].abs().sum() == 0
     masks = pad_and_stack([torch.ones(2, dtype=torch.bool), torch.ones(3, dtype=torch.bool)])
     assert masks.dtype == torch.bool and masks.tolist() == [[True, True, False], [True, True, True]]
-
-
-class _Towers(torch.nn.Module):
-    """Stand-in with the tower protocol: pooled outputs are a fixed function of each row."""
-
-    def __init__(self):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.tensor(2.0))
-
-    def get_tower_outputs(self, values, lengths):
-        mask = torch.arange(values.shape[1])[None] < lengths[:, None]
-        return {"text_hidden_states": values * self.weight, "attention_mask": mask}
-
-
-def test_embedding_cache_round_trip_matches_direct_tower_outputs(tmp_path):
-    rows = [{"values": [float(i)] * (1 + i % 3), "item_index": i // 2} for i in range(7)]
-
-    def collate(batch):
-        width = max(len(row["values"]) for row in batch)
-        values = torch.tensor([row["values"] + [0.0] * (width - len(row["values"])) for row in batch])
-        return {"values": values, "lengths": torch.tensor([len(row["values"]) for row in batch]),
-                "item_ids": torch.tensor([row["item_index"] for row in batch])}
-
-    model = _Towers()
-    cache = EmbeddingCache.build(model, rows, collate, batch_size=3, progress=False)
-    assert len(cache) == 7 and cache.item_ids.tolist() == [0, 0, 1, 1, 2, 2, 3]
-    cache.save(tmp_path / "cache.pt")
-    loaded = EmbeddingCache.load(tmp_path / "cache.pt")
-    batch = loaded.collate([5, 1, 4])
-    direct = model.get_tower_outputs(**{k: v for k, v in collate([rows[5], rows[1], rows[4]]).items()
-                                        if k != "item_ids"})
-    # Row 5 has 3 values, rows 1 and 4 have 2: padding agrees with a direct batch, values are 2 * i.
-    torch.testing.assert_close(batch["text_hidden_states"], direct["text_hidden_states"])
-    assert batch["attention_mask"].tolist() == direct["attention_mask"].tolist()
-    assert batch["text_hidden_states"][0].tolist() == [10.0, 10.0, 10.0]
-    assert batch["item_ids"].tolist() == [2, 0, 2]
-    with pytest.raises(ValueError, match="get_tower_outputs"):
-        EmbeddingCache.build(torch.nn.Linear(1, 1), rows, collate, progress=False)
 
 
 def test_epoch_sampler_is_seeded_per_epoch():
@@ -83,20 +44,14 @@ def test_lr_schedules():
     assert [linear(s) for s in (0, 10, 20)] == pytest.approx([1.0, 0.5, 0.0])
 
 
-def test_latest_checkpoint_picks_the_highest_number(tmp_path):
-    assert latest_checkpoint(tmp_path) is None
-    for n in (2, 10, 9):
-        (tmp_path / "checkpoints" / f"checkpoint_{n}").mkdir(parents=True)
-    assert latest_checkpoint(tmp_path).name == "checkpoint_10"
-
-
 def test_metrics_log_truncates_records_after_a_checkpoint(tmp_path):
     log = MetricsLog(tmp_path / "sub" / "metrics.jsonl")
     for step in range(1, 7):
-        log.write({"type": "train", "step": step, "epoch": (step - 1) // 3, "loss": 1.0 / step, "lr": 0.1})
+        # epochs count from 1; an eval record carries the epoch it finished
+        log.write({"type": "train", "step": step, "epoch": 1 + (step - 1) // 3, "loss": 1.0 / step, "lr": 0.1})
         if step % 3 == 0:
-            log.write({"type": "eval", "epoch": (step - 1) // 3, "step": step, "metrics": {}})
-    log.truncate_after(step=4, epoch=1)
+            log.write({"type": "eval", "epoch": step // 3, "step": step, "metrics": {}})
+    log.truncate_after(step=4, epoch=1)  # a checkpoint at step 4, one epoch finished
     records = read_metrics_log(log.path)
     assert [(r["type"], r["step"]) for r in records] == [("train", 1), ("train", 2), ("train", 3), ("eval", 3),
                                                          ("train", 4)]

@@ -94,4 +94,4 @@ def test_paper_configs_hold_the_paper_settings():
         assert training.lr_scheduler == "step" and training.lr_step_epochs == [15] and training.lr_gamma == 0.1
     flickr = load_config(REPO / "configs" / "flickr30k_omit.yaml").model["config"]
     # VSE++: sum over negatives during the first epoch (145,000 captions / 128), then the hardest negative.
-    assert (flickr["vse_margin"], flickr["vse_warmup_steps"]) == (0.05, 145_000 // 128)
+    assert (flickr["triplet_margin"], flickr["triplet_warmup_steps"]) == (0.05, 145_000 // 128)

@@ -24,11 +24,14 @@ def test_sources_are_concatenated_with_distinct_item_indices(shared_data):
 @pytest.mark.parametrize(
     "section,match",
     [
-        ({"train": [{"builder": "nope", "data_dir": "x", "split": "train"}]}, "builder 'nope' does not exist"),
+        ({"train": [{"builder": "esc5O", "data_dir": "x", "split": "train"}]},
+         "builder='esc5O' is not supported; did you mean 'esc50'"),
+        ({"train": [{"builder": "esc50", "data_dir": "esc50", "split": "test", "args": {"exclude_esc1O": True}}]},
+         r"data.train\[0\].args: unknown key 'exclude_esc1O' \(did you mean 'exclude_esc10'\?\)"),
         ({"train": [{"builder": "esc50", "data_dir": "esc50", "split": "train"}]}, r"no split 'train'.*\['test'\]"),
-        ({"train": [{"builder": "esc50", "data_dir": "esc50", "splt": "test"}]}, r"unknown key\(s\) \['splt'\]"),
+        ({"train": [{"builder": "esc50", "data_dir": "esc50", "splt": "test"}]}, r"data.train\[0\]: unknown key 'splt' \(did you mean 'split'\?\)"),
         ({"train": []}, "at least one source"),
-        ({"trian": []}, r"data: unknown key\(s\) \['trian'\]"),
+        ({"trian": []}, r"data: unknown key 'trian' \(did you mean 'train'\?\)"),
     ],
 )
 def test_bad_data_sections_are_clear(shared_data, section, match):

@@ -7,19 +7,27 @@ Two input formats, chosen by ``config_name``:
 
 - ``"scores"`` (default): ``predictions`` are score rows, one per query (shape ``(num_items,)`` each, higher is
   better unless ``greater_is_better=False``), ``references`` the 0-based indices of that query's positive items.
-- ``"ranks"``: ``predictions`` are the precomputed 0-based ranks of each query's positives (any order, at least one);
-  there are no ``references``.
+- ``"ranks"``: ``predictions`` are the precomputed 0-based ranks of each query's positives (any order, at least one,
+  each rank at most once); there are no ``references``.
+
+Arguments are checked before any work: ``recall_at`` must hold distinct integers >= 1, ``greater_is_better`` must be
+a bool, a positive index or rank may not repeat within a query, and scores must be finite.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import datasets
 import evaluate
+import numpy as np
 import torch
 
 from hf_mltm.evaluation import ranks_from_cost, retrieval_metrics
+from hf_mltm.evaluation.retrieval import check_recall_at
+from hf_mltm.validation import check_bool
 
 _DESCRIPTION = """\
 Retrieval metrics for queries with one or several positive items (text-to-audio: one clip per caption;
@@ -34,10 +42,10 @@ Args:
     predictions: config ``"scores"``: `list[list[float]]`, one score row of length ``num_items`` per query (all rows
         the same length). Config ``"ranks"``: `list[list[int]]`, the 0-based ranks of each query's positives.
     references: config ``"scores"`` only: `list[list[int]]`, the indices of each query's positive items (at least one,
-        each in ``[0, num_items)``).
-    recall_at (`tuple[int]`, defaults to ``(1, 5, 10)``): cut-offs of ``R@k``.
+        each in ``[0, num_items)``, none repeated).
+    recall_at (`tuple[int]`, defaults to ``(1, 5, 10)``): cut-offs of ``R@k``, distinct integers >= 1.
     greater_is_better (`bool`, defaults to `True`): config ``"scores"``: rank items by descending score (`True`,
-        similarities or logits) or ascending score (`False`, costs or distances).
+        similarities or logits) or ascending score (`False`, costs or distances). Only a bool is accepted.
 
 Returns:
     ``R@k`` (percent), ``medR``, ``meanR`` (1-based ranks), ``mAP@10`` and ``MRR@10`` (fractions in [0, 1]).
@@ -69,6 +77,33 @@ _FEATURES = {
 }
 
 
+def _int_rows(rows: Sequence[Sequence[Any]], name: str, what: str) -> list[list[int]]:
+    """``rows`` as lists of ints: each row non-empty, integer values (no bool), none repeated within a row.
+
+    Args:
+        rows (`Sequence[Sequence]`): One row per query.
+        name (`str`): The argument's name, for messages (``"references"``).
+        what (`str`): What one value is, for messages (``"rank"``, ``"positive item index"``).
+    """
+    result = []
+    for index, row in enumerate(rows):
+        if row is None or len(row) == 0:
+            raise ValueError(f"{name}[{index}] is empty: every query needs at least one positive.")
+        values = []
+        for value in row:
+            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name}[{index}] = {list(row)} holds {value!r}: each {what} is an integer.")
+            values.append(int(value))
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(
+                f"{name}[{index}] = {values} repeats {repeated}: list each {what} of a query once (a repeated one "
+                f"would be counted twice)."
+            )
+        result.append(values)
+    return result
+
+
 def _pad(rows: Sequence[Sequence[int]], name: str) -> torch.Tensor:
     """``(num_rows, max_len)`` LongTensor of sorted rows, padded with -1; every row must be non-empty."""
     for index, row in enumerate(rows):
@@ -78,7 +113,9 @@ def _pad(rows: Sequence[Sequence[int]], name: str) -> torch.Tensor:
     return torch.tensor([sorted(row) + [-1] * (width - len(row)) for row in rows], dtype=torch.long)
 
 
-def _positive_groups(positives: list[tuple[int, ...]], num_items: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _positive_groups(
+    positives: list[tuple[int, ...]], num_items: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Ids such that item ``j`` is a positive of query ``i`` iff ``query_ids[i] == item_ids[j]``, or `None`.
 
     Possible when any two queries' positive sets are equal or disjoint (retrieval with several captions per item,
@@ -106,16 +143,25 @@ def ranks_from_score_rows(
 
     Args:
         scores (`torch.Tensor` of shape `(num_queries, num_items)`): one score row per query.
-        positives (`list[list[int]]`): positive item indices per query.
+        positives (`list[list[int]]`): positive item indices per query (distinct within a query).
         greater_is_better (`bool`): rank by descending (`True`) or ascending score.
+
+    Raises:
+        ValueError: ``greater_is_better`` is not a bool, ``scores`` is not 2-D, the number of positive lists differs
+            from the number of rows, or a positive list is empty, repeats an index or leaves ``[0, num_items)``.
     """
+    greater_is_better = check_bool("greater_is_better", greater_is_better)
+    if scores.dim() != 2:
+        raise ValueError(f"scores must have shape (num_queries, num_items), got {tuple(scores.shape)}.")
+    if len(positives) != scores.shape[0]:
+        raise ValueError(
+            f"Got {scores.shape[0]} score rows but {len(positives)} positive lists: pass one per query."
+        )
     cost = -scores if greater_is_better else scores  # (q, N), lower is better
     num_queries, num_items = cost.shape
     sets = []
-    for query, row in enumerate(positives):
-        items = tuple(sorted({int(j) for j in row}))
-        if not items:
-            raise ValueError(f"references[{query}] is empty: every query needs at least one positive item index.")
+    for query, row in enumerate(_int_rows(positives, "references", "positive item index")):
+        items = tuple(sorted(row))
         if items[0] < 0 or items[-1] >= num_items:
             raise ValueError(
                 f"references[{query}] = {list(row)} has an item index outside [0, {num_items}): references are "
@@ -160,13 +206,19 @@ class Retrieval(evaluate.Metric):
         recall_at: tuple[int, ...] = (1, 5, 10),
         greater_is_better: bool = True,
     ) -> dict[str, float]:
+        recall_at = check_recall_at(recall_at)
+        greater_is_better = check_bool("greater_is_better", greater_is_better)
         if len(predictions) == 0:
             raise ValueError("The retrieval metric got no queries: pass at least one prediction row.")
         if self.config_name == "ranks":
-            ranks = _pad(predictions, "predictions")
-            if bool((ranks < -1).any()):
-                raise ValueError("predictions hold negative ranks: ranks are 0-based positions (0 = retrieved first).")
-            return retrieval_metrics(ranks, tuple(recall_at))
+            rows = _int_rows(predictions, "predictions", "rank")
+            for index, row in enumerate(rows):
+                if min(row) < 0:
+                    raise ValueError(
+                        f"predictions[{index}] = {row} holds negative ranks: ranks are 0-based positions "
+                        f"(0 = retrieved first)."
+                    )
+            return retrieval_metrics(_pad(rows, "predictions"), recall_at)
         if references is None or len(references) != len(predictions):
             raise ValueError(
                 f"Got {len(predictions)} score rows (predictions) but "
@@ -182,4 +234,4 @@ class Retrieval(evaluate.Metric):
         scores = torch.tensor(predictions, dtype=torch.float64)  # (q, N)
         if not bool(torch.isfinite(scores).all()):
             raise ValueError("Score rows (predictions) hold NaN or inf: pass finite scores.")
-        return retrieval_metrics(ranks_from_score_rows(scores, references, greater_is_better), tuple(recall_at))
+        return retrieval_metrics(ranks_from_score_rows(scores, references, greater_is_better), recall_at)

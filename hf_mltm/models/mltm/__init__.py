@@ -5,6 +5,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProces
 
 from .configuration_mltm import MLTMAudioTextConfig
 from .feature_extraction_mltm import AISFX_FRONTEND, MLTMFeatureExtractor
+from .loss_mltm import MLTMLoss
 from .modeling_mltm import MLTMAudioTextModel, MLTMAudioTextOutput, MLTMPreTrainedModel
 from .processing_mltm import MLTMProcessor
 
@@ -14,6 +15,7 @@ __all__ = [
     "MLTMAudioTextModel",
     "MLTMAudioTextOutput",
     "MLTMFeatureExtractor",
+    "MLTMLoss",
     "MLTMPreTrainedModel",
     "MLTMProcessor",
 ]

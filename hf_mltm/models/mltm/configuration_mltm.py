@@ -7,21 +7,16 @@ from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 import hf_mltm.models.panns  # noqa: F401  (registers the "panns" model type with AutoConfig, the default audio tower)
+from hf_mltm.models.vocabulary import LOSS_TYPES, OT_LOSS_TYPES, canonical_loss_type, pop_config_aliases
+from hf_mltm.validation import check_choice
 
 __all__ = ["MLTMAudioTextConfig"]
 
 TEXT_POOLINGS = ("cls", "mean")
 METRIC_TYPES = ("euclidean", "diagonal", "full", "lowrank", "projected")
 METRIC_INITS = ("identity", "paper")
-LOSS_TYPES = ("mltm", "mltm_partial", "contrastive", "triplet", "contrastive_entropy")
 COST_NORMALIZATIONS = ("batch_max", "none")
-RANKINGS = ("distance", "ot")
-OT_LOSSES = ("mltm", "mltm_partial")
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+RANKINGS = ("distance", "ot")  # hf_mltm.evaluation.RANKING_MODES (not imported: configs load without it)
 
 
 @strict
@@ -46,27 +41,31 @@ class MLTMAudioTextConfig(PreTrainedConfig):
         metric_type (`str`, defaults to `"full"`): the ground cost between embeddings. ``"euclidean"`` (no
             parameters), or a learned Mahalanobis ``sqrt((x-y)^T M (x-y))`` with ``M`` ``"diagonal"``, ``"full"``
             (``L^T L``), ``"lowrank"`` (``L^T L``, ``L`` of shape ``(metric_rank, projection_dim)``) or
-            ``"projected"`` (the paper's projected gradient: call ``model.project_metric_()`` after every optimizer
-            step).
+            ``"projected"`` (the paper's projected gradient: the training loss module, `MLTMLoss`, projects ``M``
+            onto the PSD cone after every optimizer step, ``MLTMLoss.on_optimizer_step()``).
         metric_rank (`int`, *optional*): rank for ``"lowrank"``.
         metric_init (`str`, defaults to `"identity"`): ``"identity"`` or ``"paper"`` (``PSD((A + A^T)/2 + I)``).
         ot_epsilon (`float`, defaults to 0.05): entropic regularisation relative to the (normalised) cost; also the
             scale of the logits (``-cost / ot_epsilon``).
         ot_max_iter (`int`, defaults to 1000), ot_tol (`float`, defaults to 1e-6): Sinkhorn settings.
         loss_type (`str`, defaults to `"mltm"`): ``"mltm"`` (KL to the entropic OT plan), ``"mltm_partial"``
-            (partial OT of mass ``partial_ot_mass``), or the baselines ``"contrastive"`` (symmetric InfoNCE),
-            ``"triplet"`` (VSE/VSE++ hinge), ``"contrastive_entropy"`` (InfoNCE minus an entropy bonus).
+            (partial OT of mass ``partial_ot_mass``), or the baselines ``"infonce"`` (symmetric InfoNCE),
+            ``"triplet"`` (VSE/VSE++ hinge), ``"infonce_entropy"`` (InfoNCE minus an entropy bonus). The loss is
+            computed by `MLTMLoss` (``loss_mltm.py``); the names shared with OMIT are listed in
+            `hf_mltm.models.vocabulary` (old names such as ``"contrastive"`` still load, with a warning).
         partial_ot_mass (`float`, defaults to 0.9): transported mass ``s`` in (0, 1] for ``"mltm_partial"``
             (paper: about 0.9 at 20 % noise, 0.8 at 40 %, 0.7 at 60 %).
         cost_normalization (`str`, defaults to `"batch_max"`): divide the training cost by its batch maximum (the
             reference code) or ``"none"``. Logits always use the raw cost.
         ranking (`str`, defaults to `"distance"`): default ranking mode for evaluation, ``"distance"`` or the
             transductive ``"ot"`` (METHOD.md 1.3). Report the two separately.
-        contrastive_temperature (`float`, defaults to 0.07), learnable_temperature (`bool`, defaults to `False`):
-            InfoNCE temperature for the contrastive baselines.
-        triplet_margin (`float`, defaults to 0.2), triplet_hardest_negative (`bool`, defaults to `True`): hinge
-            baseline (VSE++ when hardest).
-        entropy_weight (`float`, defaults to 0.1): weight of the entropy bonus of ``"contrastive_entropy"``.
+        temperature (`float`, defaults to 0.07), learnable_temperature (`bool`, defaults to `False`):
+            InfoNCE temperature of the InfoNCE baselines (formerly ``contrastive_temperature``).
+        triplet_margin (`float`, defaults to 0.2), triplet_hardest_negative (`bool`, defaults to `True`),
+            triplet_warmup_steps (`int`, defaults to 0): hinge baseline; VSE++ (hardest negative) when
+            ``triplet_hardest_negative``, after the first ``triplet_warmup_steps`` optimizer steps, which sum over
+            all negatives.
+        entropy_weight (`float`, defaults to 0.1): weight of the entropy bonus of ``"infonce_entropy"``.
 
     Example:
 
@@ -103,28 +102,33 @@ class MLTMAudioTextConfig(PreTrainedConfig):
     partial_ot_mass: float | int = 0.9
     cost_normalization: str = "batch_max"
     ranking: str = "distance"
-    contrastive_temperature: float | int = 0.07
+    temperature: float | int = 0.07
     learnable_temperature: bool = False
     triplet_margin: float | int = 0.2
     triplet_hardest_negative: bool = True
+    triplet_warmup_steps: int = 0
     entropy_weight: float | int = 0.1
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        _check_choice("text_pooling", self.text_pooling, TEXT_POOLINGS)
-        _check_choice("metric_type", self.metric_type, METRIC_TYPES)
-        _check_choice("metric_init", self.metric_init, METRIC_INITS)
-        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
-        _check_choice("cost_normalization", self.cost_normalization, COST_NORMALIZATIONS)
-        _check_choice("ranking", self.ranking, RANKINGS)
+        pop_config_aliases(self, kwargs)
+        self.loss_type = canonical_loss_type(self.loss_type)
+        check_choice("text_pooling", self.text_pooling, TEXT_POOLINGS)
+        check_choice("metric_type", self.metric_type, METRIC_TYPES)
+        check_choice("metric_init", self.metric_init, METRIC_INITS)
+        check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        check_choice("cost_normalization", self.cost_normalization, COST_NORMALIZATIONS)
+        check_choice("ranking", self.ranking, RANKINGS)
         if not self.ot_epsilon > 0:
             raise ValueError(f"ot_epsilon must be > 0, got {self.ot_epsilon}.")
         if not 0 < self.partial_ot_mass <= 1:
             raise ValueError(f"partial_ot_mass must be in (0, 1], got {self.partial_ot_mass}.")
         if self.ot_max_iter < 1 or self.ot_tol < 0:
             raise ValueError(f"ot_max_iter must be >= 1 and ot_tol >= 0, got {self.ot_max_iter} and {self.ot_tol}.")
-        if not self.contrastive_temperature > 0:
-            raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}.")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if self.triplet_margin < 0 or self.triplet_warmup_steps < 0:
+            raise ValueError("triplet_margin and triplet_warmup_steps must be >= 0.")
         if not 0 <= self.text_dropout_prob < 1:
             raise ValueError(f"text_dropout_prob must be in [0, 1), got {self.text_dropout_prob}.")
         if self.projection_dim < 1 or self.projection_hidden_size < 1:
@@ -145,4 +149,4 @@ class MLTMAudioTextConfig(PreTrainedConfig):
     @property
     def uses_ot_loss(self) -> bool:
         """Whether the training loss (and so the logits) are defined by the OT ground cost."""
-        return self.loss_type in OT_LOSSES
+        return self.loss_type in OT_LOSS_TYPES

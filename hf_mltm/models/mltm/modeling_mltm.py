@@ -20,21 +20,16 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 # Non-sibling imports are absolute: a saved folder loaded with trust_remote_code gets only this family's files.
-from hf_mltm.models.attention import restore_attention_implementation
-from hf_mltm.ot import (
-    MahalanobisMetric,
-    contrastive_entropy_loss,
-    contrastive_loss,
-    cosine_cost,
-    euclidean_cost,
-    mltm_loss,
-    mltm_partial_loss,
-    normalize_cost,
-    sinkhorn,
-    triplet_loss,
+from hf_mltm.models.towers import (
+    restore_attention_implementation,
+    text_model_from_config,
+    text_model_from_pretrained,
 )
+from hf_mltm.models.vocabulary import reject_removed_arguments, removed_member_error
+from hf_mltm.ot import MahalanobisMetric, cosine_cost, euclidean_cost, normalize_cost, sinkhorn
 
 from .configuration_mltm import MLTMAudioTextConfig
+from .loss_mltm import MLTMLoss
 
 __all__ = ["MLTMAudioTextModel", "MLTMAudioTextOutput", "MLTMPreTrainedModel"]
 
@@ -58,9 +53,6 @@ class MLTMAudioTextOutput(ModelOutput):
             ranks by (learned metric or Euclidean for OT losses; ``1 - cos`` for the baselines), float32.
         transport_plan (`torch.FloatTensor` of shape `(audio_batch_size, text_batch_size)`, *optional*): entropic
             OT plan of the (normalised) cost with uniform marginals (``output_transport_plan=True``).
-        loss_inputs (`dict[str, torch.FloatTensor]`, *optional*): what `MLTMAudioTextModel.loss_from_inputs` needs,
-            per sample (``audio_embeds``, ``text_embeds``); returned with ``output_loss_inputs=True`` so a trainer can
-            all-gather it across processes before computing the global-batch loss.
         audio_model_output (`BaseModelOutputWithPooling`, *optional*): the audio tower's output (``None`` when the
             forward got cached tower embeddings).
         text_model_output (`BaseModelOutputWithPooling`, *optional*): the text tower's output (likewise).
@@ -73,7 +65,6 @@ class MLTMAudioTextOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     cost_matrix: torch.FloatTensor | None = None
     transport_plan: torch.FloatTensor | None = None
-    loss_inputs: dict[str, torch.FloatTensor] | None = None
     audio_model_output: BaseModelOutputWithPooling | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
 
@@ -113,7 +104,7 @@ class MLTMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MahalanobisMetric):
             init.copy_(module.weight, module.initial_weight().to(module.weight.device, module.weight.dtype))
         elif isinstance(module, MLTMAudioTextModel):
-            init.constant_(module.logit_scale, -math.log(self.config.contrastive_temperature))
+            init.constant_(module.logit_scale, -math.log(self.config.temperature))
         else:
             super()._init_weights(module)
 
@@ -125,10 +116,12 @@ def _accepted_arguments(module: nn.Module) -> set[str]:
 class MLTMAudioTextModel(MLTMPreTrainedModel):
     r"""Audio and text towers with projection heads, matched through entropic optimal transport.
 
-    Training (``return_loss=True`` on a paired batch, ``A == T``) uses ``config.loss_type``: the m-LTM loss
-    ``KL(T || P*)`` between the ground-truth matching and the entropic OT plan of the batch cost (closed-form
-    gradient), its partial-OT variant, or a contrastive / triplet baseline. ``item_ids`` marks batch rows that are the
-    same clip (several captions of one clip) so that they are not treated as negatives.
+    Training (``return_loss=True`` on a paired batch, ``A == T``) uses ``config.loss_type`` through `MLTMLoss`: the
+    m-LTM loss ``KL(T || P*)`` between the ground-truth matching and the entropic OT plan of the batch cost
+    (closed-form gradient), its partial-OT variant, or an InfoNCE / triplet baseline. ``item_ids`` marks batch rows
+    that are the same clip (several captions of one clip) so that they are not treated as negatives. A trainer that
+    gathers embeddings across processes calls ``MLTMLoss.from_model(model, gather=True)(outputs, item_ids, step)``
+    on the outputs of a plain ``model(**batch)``.
 
     Example:
 
@@ -160,7 +153,7 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
     ) -> None:
         super().__init__(config)
         self.audio_model = audio_model if audio_model is not None else _audio_model_from_config(config.audio_config)
-        self.text_model = text_model if text_model is not None else _text_model_from_config(config.text_config)
+        self.text_model = text_model if text_model is not None else text_model_from_config(config.text_config)
         restore_attention_implementation(self.audio_model, self.text_model)
         self.config.audio_config = self.audio_model.config
         self.config.text_config = self.text_model.config
@@ -176,13 +169,19 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             if config.metric_type == "euclidean"
             else MahalanobisMetric(config.projection_dim, config.metric_type, config.metric_rank, config.metric_init)
         )
-        # log(1 / temperature) of the contrastive baselines (CLIP's logit_scale), learnable on request.
+        # log(1 / temperature) of the InfoNCE baselines (CLIP's logit_scale), learnable on request.
         self.logit_scale = nn.Parameter(
-            torch.tensor(-math.log(config.contrastive_temperature)),
+            torch.tensor(-math.log(config.temperature)),
             requires_grad=config.learnable_temperature,
         )
         self._audio_arguments = _accepted_arguments(self.audio_model)
         self.post_init()
+
+    def __getattr__(self, name: str) -> Any:
+        error = removed_member_error(type(self), name)
+        if error is not None:
+            raise error
+        return super().__getattr__(name)
 
     @classmethod
     def from_audio_text_pretrained(
@@ -204,7 +203,7 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
         text_kwargs = kwargs.pop("text_model_kwargs", {})
         audio_model = AutoModel.from_pretrained(audio_pretrained_model_name_or_path, **audio_kwargs)
         text_config = AutoConfig.from_pretrained(text_pretrained_model_name_or_path)
-        text_model = _text_model_from_pretrained(text_pretrained_model_name_or_path, text_config, text_kwargs)
+        text_model = text_model_from_pretrained(text_pretrained_model_name_or_path, config=text_config, **text_kwargs)
         config = MLTMAudioTextConfig(audio_config=audio_model.config, text_config=text_model.config, **kwargs)
         model = cls(config, audio_model=audio_model, text_model=text_model)
         return model
@@ -336,50 +335,12 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             return -cost / self.config.ot_epsilon
         return (1 - cost) * self.logit_scale.exp()
 
-    def matching_loss(
-        self, cost: torch.Tensor, item_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``config.loss_type`` on a paired ``(b, b)`` cost matrix (row ``i`` and column ``i`` are a true pair)."""
-        config = self.config
-        if cost.shape[0] != cost.shape[1]:
-            raise ValueError(
-                f"return_loss needs paired batches (as many clips as captions), got a cost of shape {tuple(cost.shape)}."
-            )
-        solver = {"max_iter": config.ot_max_iter, "tol": config.ot_tol}
-        if config.loss_type == "mltm":
-            return mltm_loss(cost, config.ot_epsilon, item_ids=item_ids, normalization=config.cost_normalization,
-                             **solver)
-        if config.loss_type == "mltm_partial":
-            return mltm_partial_loss(cost, config.ot_epsilon, config.partial_ot_mass, item_ids=item_ids,
-                                     normalization=config.cost_normalization, **solver)
-        similarity = 1 - cost
-        temperature = self.logit_scale.exp().reciprocal()
-        if config.loss_type == "contrastive":
-            return contrastive_loss(similarity, temperature, item_ids=item_ids)
-        if config.loss_type == "contrastive_entropy":
-            return contrastive_entropy_loss(similarity, temperature, config.entropy_weight, item_ids=item_ids)
-        return triplet_loss(similarity, config.triplet_margin, hardest_negative=config.triplet_hardest_negative,
-                            item_ids=item_ids)
-
     def transport_plan(self, cost: torch.Tensor) -> torch.Tensor:
         """Uniform-marginal entropic OT plan ``(A, T)`` of the (normalised) cost, without gradient."""
         with torch.no_grad():
             normalized = normalize_cost(cost, self.config.cost_normalization)
             return sinkhorn(None, None, normalized, self.config.ot_epsilon, max_iter=self.config.ot_max_iter,
                             tol=self.config.ot_tol, warn=False).plan
-
-    @torch.no_grad()
-    def project_metric_(self) -> None:
-        """Project a ``metric_type="projected"`` metric onto the PSD cone; call after every optimizer step (no-op for
-        the other metric types, which are PSD by construction)."""
-        if self.metric is not None:
-            self.metric.project_()
-
-    def loss_from_inputs(self, loss_inputs: dict[str, torch.Tensor], item_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """``config.loss_type`` from a forward's ``loss_inputs`` (``audio_embeds`` and ``text_embeds``, ``(b, d)``
-        each), possibly all-gathered from several processes: the loss of the global batch."""
-        cost = self.pairwise_cost(loss_inputs["audio_embeds"], loss_inputs["text_embeds"])
-        return self.matching_loss(cost, item_ids)
 
     def forward(
         self,
@@ -392,8 +353,8 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
         audio_tower_embeds: torch.Tensor | None = None,
         text_tower_embeds: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        loss_step: int | None = None,
         output_transport_plan: bool = False,
-        output_loss_inputs: bool = False,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> MLTMAudioTextOutput | tuple:
@@ -409,11 +370,13 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
                 tower outputs (`get_tower_outputs`), in place of ``input_features`` (frozen-tower training).
             text_tower_embeds (`torch.FloatTensor` of shape `(T, text_hidden)`, *optional*): likewise for the text
                 tower, in place of ``input_ids``.
-            return_loss (`bool`, *optional*): compute ``config.loss_type`` (needs ``A == T``, pairs on the diagonal).
+            return_loss (`bool`, *optional*): compute ``config.loss_type`` with `MLTMLoss` on this (local) batch
+                (needs ``A == T``, pairs on the diagonal).
+            loss_step (`int`, *optional*): optimizer steps done so far, for the ``"triplet"`` warm-up (`None`: after
+                the warm-up).
             output_transport_plan (`bool`, defaults to `False`): also return the batch's entropic OT plan.
-            output_loss_inputs (`bool`, defaults to `False`): also return ``loss_inputs`` (see
-                `MLTMAudioTextOutput`).
         """
+        reject_removed_arguments(kwargs)
         if (input_features is None) == (audio_tower_embeds is None):
             raise ValueError("MLTMAudioTextModel.forward needs exactly one of input_features (audio) or "
                              "audio_tower_embeds (cached audio tower outputs).")
@@ -432,10 +395,9 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             text_embeds = text_outputs.pooler_output
         else:
             text_embeds = self.project_text(text_tower_embeds)
-        loss_inputs = {"audio_embeds": audio_embeds, "text_embeds": text_embeds}
         cost = self.pairwise_cost(audio_embeds, text_embeds)  # (A, T)
         logits_per_audio = self.logits_from_cost(cost)
-        loss = self.matching_loss(cost, item_ids) if return_loss else None
+        loss = MLTMLoss.from_model(self).loss_from_cost(cost, item_ids, loss_step) if return_loss else None
         plan = self.transport_plan(cost) if output_transport_plan else None
         output = MLTMAudioTextOutput(
             loss=loss,
@@ -445,7 +407,6 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             text_embeds=text_embeds,
             cost_matrix=cost,
             transport_plan=plan,
-            loss_inputs=loss_inputs if output_loss_inputs else None,
             audio_model_output=audio_outputs,
             text_model_output=text_outputs,
         )
@@ -460,18 +421,3 @@ def _audio_model_from_config(audio_config) -> PreTrainedModel:
 
         return ClapAudioModel(audio_config)
     return AutoModel.from_config(audio_config)
-
-
-def _text_model_from_config(text_config) -> PreTrainedModel:
-    """The text tower without its pooler when it has one (m-LTM pools itself; an unused pooler breaks DDP)."""
-    try:
-        return AutoModel.from_config(text_config, add_pooling_layer=False)
-    except TypeError:
-        return AutoModel.from_config(text_config)
-
-
-def _text_model_from_pretrained(path: str, text_config, kwargs: dict) -> PreTrainedModel:
-    try:
-        return AutoModel.from_pretrained(path, config=text_config, add_pooling_layer=False, **kwargs)
-    except TypeError:
-        return AutoModel.from_pretrained(path, config=text_config, **kwargs)

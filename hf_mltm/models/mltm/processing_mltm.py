@@ -10,6 +10,8 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType
 
+from hf_mltm.validation import check_captions
+
 from .feature_extraction_mltm import AudioArray, MLTMFeatureExtractor
 
 __all__ = ["MLTMProcessor"]
@@ -78,13 +80,17 @@ class MLTMProcessor(ProcessorMixin):
             ``input_features`` ``(B, T, M)`` and ``audio_attention_mask`` ``(B, T)``.
 
         Raises:
-            ValueError: Neither ``text`` nor ``audio`` is given, or the feature extractor rejects ``audio``.
+            ValueError: Neither ``text`` nor ``audio`` is given; ``text`` is not a string or a non-empty list of
+                strings (the message names the first bad caption, its index and type); or the feature extractor
+                rejects ``audio``.
         """
         if text is None and audio is None:
             raise ValueError(f"{type(self).__name__} needs `text`, `audio` or both.")
         data = {}
         if text is not None:
-            data.update(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length))
+            data.update(
+                self.tokenizer(check_captions(text), padding=padding, truncation=truncation, max_length=max_length)
+            )
         if audio is not None:
             data.update(
                 self.feature_extractor(

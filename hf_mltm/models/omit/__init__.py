@@ -12,6 +12,7 @@ from transformers import (
 
 from .configuration_omit import OMITImageTextConfig
 from .image_processing_omit import OMITImageProcessor
+from .loss_omit import OMITLoss
 from .modeling_omit import OMITImageTextModel, OMITImageTextOutput, OMITPreTrainedModel
 from .processing_omit import OMITProcessor
 
@@ -20,6 +21,7 @@ __all__ = [
     "OMITImageTextConfig",
     "OMITImageTextModel",
     "OMITImageTextOutput",
+    "OMITLoss",
     "OMITPreTrainedModel",
     "OMITProcessor",
 ]

@@ -6,15 +6,13 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
+from hf_mltm.models.vocabulary import canonical_loss_type, pop_config_aliases
+from hf_mltm.validation import check_choice
+
 __all__ = ["OMITImageTextConfig"]
 
 PARTIAL_MATCHING_MODES = ("none", "relevance_threshold", "top_fraction", "mass")
-LOSS_TYPES = ("vse_hinge", "infonce", "mltm")
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+LOSS_TYPES = ("triplet", "infonce", "mltm")  # the subset of hf_mltm.models.vocabulary.LOSS_TYPES OMIT offers
 
 
 def _check_fraction(name: str, value, *, closed_low: bool = False) -> None:
@@ -62,13 +60,18 @@ class OMITImageTextConfig(PreTrainedConfig):
             left out by the transport itself).
         relevance_threshold (`float`, defaults to 0.0), relevance_top_fraction (`float`, defaults to 0.5),
             partial_ot_mass (`float`, defaults to 0.8): the parameter of each partial-matching mode.
-        loss_type (`str`, defaults to `"vse_hinge"`): ``"vse_hinge"`` (VSE++ on the batch score matrix),
-            ``"infonce"`` (symmetric InfoNCE with ``temperature``) or ``"mltm"`` (KL to the entropic OT plan of the
-            batch cost ``1 - score`` with ``batch_ot_epsilon``).
-        vse_margin (`float`, defaults to 0.05): hinge margin (the paper; 0.2 is the common VSE default).
-        vse_warmup_steps (`int`, defaults to 0): the first this many training steps sum the hinge over all negatives
-            (the paper's first-epoch warm-up: set it to the steps of one epoch); afterwards only the hardest negative
-            counts (VSE++). The model counts its loss steps in the ``loss_steps`` buffer, saved with checkpoints.
+        loss_type (`str`, defaults to `"triplet"`): ``"triplet"`` (VSE++ hinge on the batch score matrix; formerly
+            ``"vse_hinge"``), ``"infonce"`` (symmetric InfoNCE with ``temperature``) or ``"mltm"`` (KL to the
+            entropic OT plan of the batch cost ``1 - score`` with ``batch_ot_epsilon``). The loss is computed by
+            `OMITLoss` (``loss_omit.py``); the names shared with m-LTM are listed in `hf_mltm.models.vocabulary`.
+        triplet_margin (`float`, defaults to 0.05): hinge margin (the paper; 0.2 is the common VSE default;
+            formerly ``vse_margin``).
+        triplet_hardest_negative (`bool`, defaults to `True`): after the warm-up only the hardest negative counts
+            (VSE++); `False` sums the hinge over all negatives throughout.
+        triplet_warmup_steps (`int`, defaults to 0): the first this many *optimizer* steps sum the hinge over all
+            negatives (the paper's first-epoch warm-up: set it to the optimizer steps of one epoch; formerly
+            ``vse_warmup_steps``). The trainer passes its optimizer step to the loss; a plain
+            ``model(..., return_loss=True)`` call without ``loss_step`` counts as after the warm-up.
         temperature (`float`, defaults to 0.05): scale of the logits (``score / temperature``) and the InfoNCE
             temperature.
         batch_ot_epsilon (`float`, defaults to 0.05): entropic regularisation of the ``"mltm"`` loss.
@@ -107,16 +110,19 @@ class OMITImageTextConfig(PreTrainedConfig):
     relevance_threshold: float | int = 0.0
     relevance_top_fraction: float | int = 0.5
     partial_ot_mass: float | int = 0.8
-    loss_type: str = "vse_hinge"
-    vse_margin: float | int = 0.05
-    vse_warmup_steps: int = 0
+    loss_type: str = "triplet"
+    triplet_margin: float | int = 0.05
+    triplet_hardest_negative: bool = True
+    triplet_warmup_steps: int = 0
     temperature: float | int = 0.05
     batch_ot_epsilon: float | int = 0.05
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        _check_choice("partial_matching", self.partial_matching, PARTIAL_MATCHING_MODES)
-        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        pop_config_aliases(self, kwargs)
+        self.loss_type = canonical_loss_type(self.loss_type)
+        check_choice("partial_matching", self.partial_matching, PARTIAL_MATCHING_MODES)
+        check_choice("loss_type", self.loss_type, LOSS_TYPES)
         _check_fraction("fragment_keep_ratio", self.fragment_keep_ratio)
         _check_fraction("relevance_top_fraction", self.relevance_top_fraction)
         _check_fraction("partial_ot_mass", self.partial_ot_mass)
@@ -129,8 +135,8 @@ class OMITImageTextConfig(PreTrainedConfig):
             raise ValueError(f"ot_max_iter must be >= 1 and ot_tol >= 0, got {self.ot_max_iter} and {self.ot_tol}.")
         if self.score_chunk_size is not None and self.score_chunk_size < 1:
             raise ValueError(f"score_chunk_size must be >= 1 or None, got {self.score_chunk_size}.")
-        if self.vse_margin < 0 or self.vse_warmup_steps < 0:
-            raise ValueError("vse_margin and vse_warmup_steps must be >= 0.")
+        if self.triplet_margin < 0 or self.triplet_warmup_steps < 0:
+            raise ValueError("triplet_margin and triplet_warmup_steps must be >= 0.")
         if min(self.embed_dim, self.image_projection_hidden_size, self.image_fragment_dim) < 1:
             raise ValueError("embed_dim, image_projection_hidden_size and image_fragment_dim must be >= 1.")
         super().__post_init__(**kwargs)

@@ -9,7 +9,7 @@ Letters: ``B`` images with ``R`` fragments, ``T`` captions with ``L`` tokens, ``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +22,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 # Non-sibling imports are absolute: a saved folder loaded with trust_remote_code gets only this family's files.
-from hf_mltm.models.attention import restore_attention_implementation
-from hf_mltm.ot import FragmentOTScores, contrastive_loss, fragment_ot_scores, mltm_loss, triplet_loss
-from hf_mltm.tensors import pad_and_stack
+from hf_mltm.models.towers import restore_attention_implementation, text_model_from_config
+from hf_mltm.models.vocabulary import reject_removed_arguments, removed_member_error
+from hf_mltm.ot import OTResult, fragment_ot_scores
 
 from .configuration_omit import OMITImageTextConfig
+from .loss_omit import OMITLoss
 
 __all__ = ["OMITImageTextModel", "OMITImageTextOutput", "OMITPreTrainedModel"]
 
@@ -45,11 +46,16 @@ class OMITImageTextOutput(ModelOutput):
         image_embeds (`torch.FloatTensor` of shape `(image_batch_size, embed_dim)`): L2-normalised mean of each image's
             fragments, for fast pre-ranking with a dot product.
         text_embeds (`torch.FloatTensor` of shape `(text_batch_size, embed_dim)`): likewise for the captions.
-        transport_plans (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size, num_fragments,
-            num_tokens)`, *optional*): the fragment plans (``output_transport_plans=True``), for visualisation.
-        loss_inputs (`dict[str, torch.Tensor]`, *optional*): what `OMITImageTextModel.loss_from_inputs` needs, per
-            sample (``image_fragments``, ``image_fragment_mask``, ``text_fragments``, ``text_fragment_mask``), for a
-            trainer that gathers them across processes (``output_loss_inputs=True``).
+        image_fragments (`torch.FloatTensor` of shape `(image_batch_size, num_fragments, embed_dim)`): the projected,
+            L2-normalised image fragments the scores are computed from (in training, after the random fragment
+            drop); `OMITLoss` scores them across processes.
+        image_fragment_mask (`torch.BoolTensor` of shape `(image_batch_size, num_fragments)`): valid fragments.
+        text_fragments (`torch.FloatTensor` of shape `(text_batch_size, num_tokens, embed_dim)`): the word
+            fragments.
+        text_fragment_mask (`torch.BoolTensor` of shape `(text_batch_size, num_tokens)`): valid word fragments.
+        transport_plan (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size, num_fragments,
+            num_tokens)`, *optional*): the fragment plans (``output_transport_plan=True``), for visualisation
+            (formerly ``transport_plans``, still readable).
         vision_model_output (`BaseModelOutputWithPooling`, *optional*): the vision tower's output.
         text_model_output (`BaseModelOutputWithPooling`, *optional*): the text tower's output.
     """
@@ -60,8 +66,11 @@ class OMITImageTextOutput(ModelOutput):
     scores: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
-    transport_plans: torch.FloatTensor | None = None
-    loss_inputs: dict[str, torch.Tensor] | None = None
+    image_fragments: torch.FloatTensor | None = None
+    image_fragment_mask: torch.BoolTensor | None = None
+    text_fragments: torch.FloatTensor | None = None
+    text_fragment_mask: torch.BoolTensor | None = None
+    transport_plan: torch.FloatTensor | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
 
@@ -69,6 +78,13 @@ class OMITImageTextOutput(ModelOutput):
         return tuple(
             self[k].to_tuple() if k in ("vision_model_output", "text_model_output") else self[k] for k in self.keys()
         )
+
+    @property
+    def transport_plans(self) -> torch.FloatTensor | None:
+        """Deprecated name of ``transport_plan``."""
+        warnings.warn("OMITImageTextOutput.transport_plans is deprecated; read transport_plan.", FutureWarning,
+                      stacklevel=2)
+        return self.transport_plan
 
 
 class OMITFragmentProjection(nn.Module):
@@ -92,7 +108,6 @@ class OMITPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, OMITImageTextModel):
-            init.zeros_(module.loss_steps)
             for linear in (module.text_projection,):
                 init.normal_(linear.weight, mean=0.0, std=self.config.initializer_range)
                 init.zeros_(linear.bias)
@@ -118,19 +133,14 @@ def _masked_mean(fragments: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.normalize((fragments * weights).sum(-2) / weights.sum(-2).clamp_min(1), dim=-1)
 
 
-def _batched(inputs: Mapping[str, torch.Tensor], batch_size: int) -> list[dict[str, torch.Tensor]]:
-    """Split a dict of ``(n, ...)`` tensors into batches of ``batch_size`` rows."""
-    count = len(next(iter(inputs.values())))
-    return [{key: value[start:start + batch_size] for key, value in inputs.items()}
-            for start in range(0, count, batch_size)]
-
-
 class OMITImageTextModel(OMITPreTrainedModel):
     r"""Vision (or precomputed fragments) and text towers whose fragments are matched by entropic OT per pair.
 
     ``forward`` scores every image against every caption of the batch (``logits_per_image`` ``(B, T)``); with
     ``return_loss=True`` on a paired batch (``B == T``, pairs on the diagonal) it adds ``config.loss_type`` on the
-    score matrix. The partial-matching rules (``config.partial_matching``) are described in ``docs/omit.md``.
+    score matrix (`OMITLoss`; a trainer gathering across processes calls ``OMITLoss.from_model(model,
+    gather=True)(outputs, item_ids, step)`` instead). The partial-matching rules (``config.partial_matching``) are
+    described in ``docs/omit.md``. Retrieval over a gallery: `hf_mltm.evaluation.score_retrieval`.
 
     Example:
 
@@ -162,7 +172,7 @@ class OMITImageTextModel(OMITPreTrainedModel):
         if vision_model is None and config.vision_config is not None:
             vision_model = AutoModel.from_config(config.vision_config)
         self.vision_model = vision_model
-        self.text_model = text_model if text_model is not None else AutoModel.from_config(config.text_config)
+        self.text_model = text_model if text_model is not None else text_model_from_config(config.text_config)
         restore_attention_implementation(self.vision_model, self.text_model)
         if self.vision_model is not None:
             self.config.vision_config = self.vision_model.config
@@ -171,9 +181,13 @@ class OMITImageTextModel(OMITPreTrainedModel):
             config.image_fragment_input_dim, config.image_projection_hidden_size, config.embed_dim
         )
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.embed_dim)
-        # Training steps that computed a loss: switches the VSE++ hinge from all negatives to the hardest one.
-        self.register_buffer("loss_steps", torch.zeros((), dtype=torch.long))
         self.post_init()
+
+    def __getattr__(self, name: str) -> Any:
+        error = removed_member_error(type(self), name)
+        if error is not None:
+            raise error
+        return super().__getattr__(name)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Fragments
@@ -344,8 +358,10 @@ class OMITImageTextModel(OMITPreTrainedModel):
         *,
         return_plans: bool = False,
         chunk_size: int | None = None,
-    ) -> FragmentOTScores:
-        """OT scores ``(B, T)`` of every image-caption pair, with ``config.partial_matching`` applied."""
+    ) -> OTResult:
+        """OT scores of every image-caption pair, with ``config.partial_matching`` applied: an `OTResult` whose
+        ``value`` is the ``(B, T)`` score matrix (differentiable) and ``plan`` the ``(B, T, R, L)`` plans when
+        ``return_plans``."""
         config = self.config
         if config.partial_matching in ("relevance_threshold", "top_fraction"):
             image_mask, text_mask = self.partial_matching_masks(image_fragments, image_mask, text_fragments, text_mask)
@@ -356,70 +372,6 @@ class OMITImageTextModel(OMITPreTrainedModel):
             pair_chunk_size=chunk_size if chunk_size is not None else config.score_chunk_size,
             return_plans=return_plans, warn=False,
         )
-
-    def matching_loss(self, scores: torch.Tensor, item_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """``config.loss_type`` on a paired ``(b, b)`` score matrix (image ``i`` and caption ``i`` are a true pair);
-        rows sharing an ``item_ids`` entry are positives of each other. Counts a loss step in training."""
-        config = self.config
-        if scores.shape[0] != scores.shape[1]:
-            raise ValueError(f"return_loss needs paired batches (as many images as captions), got scores of shape "
-                             f"{tuple(scores.shape)}.")
-        if config.loss_type == "vse_hinge":
-            hardest = bool(self.loss_steps >= config.vse_warmup_steps)
-            loss = triplet_loss(scores, config.vse_margin, hardest_negative=hardest, item_ids=item_ids)
-        elif config.loss_type == "infonce":
-            loss = contrastive_loss(scores, config.temperature, item_ids=item_ids)
-        else:
-            loss = mltm_loss(1 - scores, config.batch_ot_epsilon, item_ids=item_ids)
-        if self.training:
-            self.loss_steps += 1
-        return loss
-
-    def loss_from_inputs(self, loss_inputs: dict[str, torch.Tensor], item_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """``config.loss_type`` from a forward's ``loss_inputs``, possibly all-gathered from several processes (the
-        loss of the global batch)."""
-        scores = self.pair_scores(
-            loss_inputs["image_fragments"], loss_inputs["image_fragment_mask"].bool(),
-            loss_inputs["text_fragments"], loss_inputs["text_fragment_mask"].bool(),
-        ).scores
-        return self.matching_loss(scores, item_ids)
-
-    @torch.no_grad()
-    def score_retrieval(
-        self,
-        images: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
-        captions: Mapping[str, torch.Tensor] | Iterable[Mapping[str, torch.Tensor]],
-        *,
-        batch_size: int = 128,
-        chunk_size: int | None = None,
-        progress: bool = False,
-    ) -> torch.Tensor:
-        """Score ``N`` images against ``M`` captions (e.g. a 1K test set with 5 captions per image): each image and
-        caption is encoded once, then all pairs are scored by OT in chunks of about ``chunk_size`` pairs (default
-        ``config.score_chunk_size``), which bounds the memory.
-
-        Args:
-            images: ``{"pixel_values": (N, 3, H, W)}`` or ``{"image_fragments": (N, R, in), "image_fragment_mask":
-                (N, R)}``, split into batches of ``batch_size``; or an iterable of such batches (e.g. a collator's).
-            captions: ``{"input_ids": (M, L), "attention_mask": (M, L)}`` (+ ``token_type_ids``), or an iterable of
-                such batches.
-
-        Returns:
-            `torch.FloatTensor` of shape `(N, M)`: OT scores, higher is better.
-        """
-        from tqdm.auto import tqdm
-
-        self.eval()
-        parts = {}
-        for name, inputs, encode in (("images", images, self.get_image_fragments),
-                                     ("captions", captions, self.get_text_fragments)):
-            batches = _batched(inputs, batch_size) if isinstance(inputs, Mapping) else inputs
-            encoded = [encode(**{key: value.to(self.device) for key, value in batch.items()})
-                       for batch in tqdm(batches, desc=f"encoding {name}", disable=not progress)]
-            parts[name] = tuple(pad_and_stack([row for batch in side for row in batch])  # (n, max k, ...)
-                                for side in zip(*encoded, strict=True))
-        (image_fragments, image_mask), (text_fragments, text_mask) = parts["images"], parts["captions"]
-        return self.pair_scores(image_fragments, image_mask, text_fragments, text_mask, chunk_size=chunk_size).scores
 
     def forward(
         self,
@@ -432,8 +384,8 @@ class OMITImageTextModel(OMITPreTrainedModel):
         text_hidden_states: torch.Tensor | None = None,
         item_ids: torch.Tensor | None = None,
         return_loss: bool | None = None,
-        output_transport_plans: bool = False,
-        output_loss_inputs: bool = False,
+        loss_step: int | None = None,
+        output_transport_plan: bool = False,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> OMITImageTextOutput | tuple:
@@ -449,12 +401,18 @@ class OMITImageTextModel(OMITPreTrainedModel):
                 in place of ``input_ids`` (with ``attention_mask``).
             item_ids (`torch.LongTensor` of shape `(b,)`, *optional*): ids of the images of a paired batch; rows
                 sharing an id are positives of each other in the loss.
-            return_loss (`bool`, *optional*): compute ``config.loss_type`` (needs ``B == T``).
-            output_transport_plans (`bool`): also return the fragment plans ``(B, T, R, L)``.
-            output_loss_inputs (`bool`): also return ``loss_inputs`` (see `OMITImageTextOutput`). Without
-                ``return_loss`` and ``output_transport_plans`` the output then holds only ``loss_inputs`` (and the
-                tower outputs): the all-pairs OT is left to `loss_from_inputs` on the gathered global batch.
+            return_loss (`bool`, *optional*): compute ``config.loss_type`` with `OMITLoss` on this batch (needs
+                ``B == T``).
+            loss_step (`int`, *optional*): optimizer steps done so far, for the ``"triplet"`` warm-up (`None`: after
+                the warm-up).
+            output_transport_plan (`bool`): also return the fragment plans ``(B, T, R, L)``
+                (``output_transport_plans`` is accepted as a deprecated alias).
         """
+        reject_removed_arguments(kwargs)
+        if "output_transport_plans" in kwargs:
+            warnings.warn("output_transport_plans is deprecated; pass output_transport_plan.", FutureWarning,
+                          stacklevel=2)
+            output_transport_plan = bool(kwargs.pop("output_transport_plans"))
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (pixel_values is None) == (image_fragments is None):
             raise ValueError("OMITImageTextModel.forward needs exactly one of pixel_values or image_fragments.")
@@ -470,16 +428,9 @@ class OMITImageTextModel(OMITPreTrainedModel):
             text_outputs = self._text_tower_states(input_ids, attention_mask, token_type_ids)
             text_hidden_states = text_outputs.last_hidden_state
         texts, text_mask = self.project_text_fragments(text_hidden_states, attention_mask)
-        loss_inputs = {"image_fragments": images, "image_fragment_mask": image_mask, "text_fragments": texts,
-                       "text_fragment_mask": text_mask}
-        if output_loss_inputs and not return_loss and not output_transport_plans:
-            # A trainer scores the gathered global batch with loss_from_inputs: skip the local all-pairs OT.
-            output = OMITImageTextOutput(loss_inputs=loss_inputs, vision_model_output=vision_outputs,
-                                         text_model_output=text_outputs)
-            return output if return_dict else output.to_tuple()
-        result = self.pair_scores(images, image_mask, texts, text_mask, return_plans=output_transport_plans)
-        scores = result.scores
-        loss = self.matching_loss(scores, item_ids) if return_loss else None
+        result = self.pair_scores(images, image_mask, texts, text_mask, return_plans=output_transport_plan)
+        scores = result.value  # (B, T)
+        loss = OMITLoss.from_model(self).loss_from_scores(scores, item_ids, loss_step) if return_loss else None
         logits_per_image = scores / self.config.temperature
         output = OMITImageTextOutput(
             loss=loss,
@@ -488,8 +439,11 @@ class OMITImageTextModel(OMITPreTrainedModel):
             scores=scores,
             image_embeds=_masked_mean(images, image_mask),
             text_embeds=_masked_mean(texts, text_mask),
-            transport_plans=result.plans,
-            loss_inputs=loss_inputs if output_loss_inputs else None,
+            image_fragments=images,
+            image_fragment_mask=image_mask,
+            text_fragments=texts,
+            text_fragment_mask=text_mask,
+            transport_plan=result.plan,
             vision_model_output=vision_outputs,
             text_model_output=text_outputs,
         )

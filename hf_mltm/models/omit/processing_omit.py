@@ -8,6 +8,8 @@ from transformers.image_utils import ImageInput
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import TensorType
 
+from hf_mltm.validation import check_captions
+
 from .image_processing_omit import OMITImageProcessor
 
 __all__ = ["OMITProcessor"]
@@ -70,13 +72,17 @@ class OMITProcessor(ProcessorMixin):
             (``input_ids``, ``attention_mask``, ...) of shape ``(num_captions, L)``.
 
         Raises:
-            ValueError: Neither ``images`` nor ``text`` is given.
+            ValueError: Neither ``images`` nor ``text`` is given; ``text`` is not a string or a non-empty list of
+                strings (the message names the first bad caption, its index and type); or the image processor
+                rejects ``images``.
         """
         if images is None and text is None:
             raise ValueError(f"{type(self).__name__} needs `images`, `text` or both.")
         data = {}
         if text is not None:
-            data.update(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length))
+            data.update(
+                self.tokenizer(check_captions(text), padding=padding, truncation=truncation, max_length=max_length)
+            )
         if images is not None:
             data.update(self.image_processor(images))
         return BatchFeature(data, tensor_type=return_tensors)

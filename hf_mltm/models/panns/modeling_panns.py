@@ -3,7 +3,7 @@
 Letters: ``B`` clips, ``T`` input frames, ``M`` mel bins, ``C`` channels, ``t``/``m`` the time/mel resolution after
 the CNN's pooling, ``H`` the embedding size (``config.hidden_size``), ``N`` blocks per clip (block mode).
 
-The log-mel front-end is not part of the model: ``input_features`` come from `MLTMFeatureExtractor`.
+The log-mel front-end is not part of the model: ``input_features`` come from `PannsFeatureExtractor` (or its alias `MLTMFeatureExtractor`).
 """
 
 # Adapted from qiuqiangkong/audioset_tagging_cnn@542c8c8:pytorch/models.py (ConvBlock, _ResnetBasicBlock, _ResNet,
@@ -271,7 +271,7 @@ class PannsModel(PannsPreTrainedModel):
     (aisfx9: max only) -> [dropout, ``ReLU(fc1)``, dropout if ``config.use_fc1``] -> ``pooler_output`` ``(B, H)``.
 
     Padding: pass the frame mask as ``attention_mask`` (or ``audio_attention_mask``, the name
-    `MLTMFeatureExtractor` gives it); padding must be on the right. Padded frames are zeroed before every
+    `PannsFeatureExtractor` gives it); padding must be on the right. Padded frames are zeroed before every
     convolution and excluded from the time max and mean, so in eval mode a padded clip gives the embedding of the
     unpadded clip, whatever the padding holds. In training mode BatchNorm batch statistics and SpecAugment
     still see the padded frames. The valid length of ``last_hidden_state`` is `get_output_lengths`.

@@ -369,3 +369,35 @@ def test_save_and_load_round_trip(shared_data, tmp_path, frontend):
     assert 0 < expected["audio_attention_mask"].mean() < 1
     reference = reference_features(waveform.astype(np.float64), rate, settings_of(extractor))
     np.testing.assert_allclose(actual["input_features"][0], reference, rtol=0, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Regressions: the sampling rate is validated before soxr runs
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_nan_sampling_rate_raises_instead_of_hanging_in_soxr(monkeypatch):
+    # MLTMFeatureExtractor()(x, sampling_rate=nan) used to spin forever inside soxr, beyond any Python signal
+    def forbidden(*args, **kwargs):
+        raise AssertionError("soxr.resample reached with a NaN rate")
+
+    monkeypatch.setattr(soxr, "resample", forbidden)
+    with pytest.raises(ValueError, match=r"sampling_rate must be a whole number of Hz .*got nan"):
+        MLTMFeatureExtractor()(np.zeros(16000, dtype=np.float32), sampling_rate=float("nan"))
+
+
+@pytest.mark.parametrize("rate", ["16000", b"16000", [16000], None])
+def test_non_numeric_sampling_rate_raises_value_error_not_type_error(rate):
+    message = "requires the `sampling_rate`" if rate is None else "sampling_rate must be a whole number of Hz"
+    with pytest.raises(ValueError, match=message):
+        MLTMFeatureExtractor()(np.zeros(16000), sampling_rate=rate)
+
+
+def test_aisfx_frontend_of_the_subclass_saves_under_the_mltm_name(tmp_path):
+    extractor = MLTMFeatureExtractor.aisfx_frontend(max_length_s=2.0)
+    assert type(extractor) is MLTMFeatureExtractor
+    extractor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["feature_extractor_type"] == "MLTMFeatureExtractor"
+    assert saved["auto_map"] == {"AutoFeatureExtractor": "feature_extraction_mltm.MLTMFeatureExtractor"}
+    assert {key: saved[key] for key in AISFX_FRONTEND} == AISFX_FRONTEND

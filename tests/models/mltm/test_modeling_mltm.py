@@ -14,6 +14,7 @@ from hf_mltm.models.mltm import (
     MLTMAudioTextConfig,
     MLTMAudioTextModel,
     MLTMFeatureExtractor,
+    MLTMLoss,
     MLTMProcessor,
 )
 from hf_mltm.models.panns import PannsConfig
@@ -40,7 +41,7 @@ def tiny_inputs(batch=BATCH, generator_seed=0):
     }
 
 
-@pytest.mark.parametrize("loss_type", ["mltm", "mltm_partial", "contrastive", "triplet", "contrastive_entropy"])
+@pytest.mark.parametrize("loss_type", ["mltm", "mltm_partial", "infonce", "triplet", "infonce_entropy"])
 def test_forward_shapes_and_finite_loss(loss_type):
     model = MLTMAudioTextModel(tiny_config(loss_type=loss_type)).eval()
     out = model(**tiny_inputs(), return_loss=True, output_transport_plan=True)
@@ -66,7 +67,7 @@ def test_logits_and_loss_follow_the_documented_formulas():
 def test_cached_tower_outputs_reproduce_the_full_forward_and_its_loss():
     model = MLTMAudioTextModel(tiny_config(loss_type="mltm")).eval()
     inputs = tiny_inputs()
-    full = model(**inputs, return_loss=True, output_loss_inputs=True)
+    full = model(**inputs, return_loss=True)
     with torch.no_grad():
         towers = model.get_tower_outputs(**inputs)
     assert set(towers) == {"audio_tower_embeds", "text_tower_embeds"}
@@ -74,9 +75,9 @@ def test_cached_tower_outputs_reproduce_the_full_forward_and_its_loss():
     cached = model(**towers, return_loss=True)
     torch.testing.assert_close(cached.logits_per_audio, full.logits_per_audio)
     torch.testing.assert_close(cached.loss, full.loss)
-    assert cached.audio_model_output is None and cached.loss_inputs is None
-    # The loss recomputed from the (gatherable) loss inputs is the forward's loss, gradient included.
-    torch.testing.assert_close(model.loss_from_inputs(full.loss_inputs), full.loss)
+    assert cached.audio_model_output is None
+    # The loss module on a plain forward's outputs (what the trainer does) is the forward's loss.
+    torch.testing.assert_close(MLTMLoss.from_model(model)(full), full.loss)
     with pytest.raises(ValueError, match="exactly one of input_features"):
         model(**inputs, audio_tower_embeds=towers["audio_tower_embeds"])
 
@@ -114,7 +115,7 @@ def test_unpaired_batch_cannot_compute_a_loss_but_can_score():
         ({"ot_epsilon": 0.0}, "ot_epsilon"),
         ({"partial_ot_mass": 1.5}, "partial_ot_mass"),
         ({"partial_ot_mass": 0.0}, "partial_ot_mass"),
-        ({"loss_type": "infonce"}, "loss_type"),
+        ({"loss_type": "infonse"}, "loss_type='infonse' is not supported; did you mean 'infonce'"),
         ({"metric_type": "cholesky"}, "metric_type"),
         ({"metric_type": "lowrank"}, "metric_rank"),
         ({"text_pooling": "max"}, "text_pooling"),
@@ -206,8 +207,9 @@ def test_projected_metric_is_projected_after_a_step():
     model = MLTMAudioTextModel(tiny_config(metric_type="projected"))
     with torch.no_grad():
         model.metric.weight.copy_(-torch.eye(16))
-    model.project_metric_()
+    MLTMLoss.from_model(model).on_optimizer_step()
     assert torch.linalg.eigvalsh(model.metric.weight).min() >= -1e-6
+    torch.testing.assert_close(model.metric.weight, torch.zeros(16, 16))  # the projection of -I is 0
 
 
 def test_htsat_audio_tower_from_clap():

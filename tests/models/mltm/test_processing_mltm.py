@@ -97,3 +97,41 @@ def test_processor_save_and_load_round_trip(tokenizer, clips, tmp_path):
     assert set(actual) == set(expected)
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (["a dog barks", None], r"Caption 1 of `text` is 'None' of type NoneType: every caption must be a string"),
+        ([5, "rain"], r"Caption 0 of `text` is '5' of type int"),
+        (5, r"`text` must be a string or a list of strings, got '5' of type int"),
+        (None, None),
+        ([], r"`text` is an empty list"),
+        (("a dog barks", b"rain"), r"Caption 1 of `text` is .* of type bytes"),
+    ],
+)
+def test_bad_captions_raise_naming_index_and_type(tokenizer, clips, text, message):
+    audio, rate = clips
+    processor = MLTMProcessor(MLTMFeatureExtractor(max_length_s=1.0), tokenizer)
+    if message is None:  # text=None with audio is an audio-only batch, not an error
+        assert "input_ids" not in processor(text=text, audio=audio[0], sampling_rate=rate)
+        return
+    with pytest.raises(ValueError, match=message):
+        processor(text=text, audio=audio[0], sampling_rate=rate)
+
+
+def test_tuple_of_captions_equals_a_list(tokenizer):
+    processor = MLTMProcessor(MLTMFeatureExtractor(), tokenizer)
+    torch.testing.assert_close(
+        processor(text=tuple(CAPTIONS), return_tensors="pt")["input_ids"],
+        processor(text=CAPTIONS, return_tensors="pt")["input_ids"],
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_nan_sampling_rate_through_the_processor_raises(tokenizer, clips):
+    audio, _ = clips
+    processor = MLTMProcessor(MLTMFeatureExtractor(), tokenizer)
+    with pytest.raises(ValueError, match="sampling_rate must be a whole number of Hz"):
+        processor(text=CAPTIONS, audio=audio, sampling_rate=float("nan"))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import time
+import warnings
 
 import numpy as np
 import pytest
@@ -145,3 +148,167 @@ def test_save_and_load_round_trip(images, tmp_path):
     expected = processor(inputs, return_tensors="pt")["pixel_values"]
     assert expected.shape == (2, 3, 200, 208)
     torch.testing.assert_close(loaded(inputs, return_tensors="pt")["pixel_values"], expected, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input robustness
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def resize_sizes(monkeypatch):
+    """Records the (width, height) of every PIL resize the processor runs."""
+    sizes = []
+    original = Image.Image.resize
+
+    def recording_resize(self, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return original(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording_resize)
+    return sizes
+
+
+def test_pipeline_equals_resize_then_crop_on_flickr_photos_of_every_shape(shared_data):
+    # Parity with the hand computation on 24 real photographs of the sizes the 1k subset holds (landscape,
+    # portrait, 200 x 133, 500 x 375, ...): the robustness checks must not change a single output value.
+    folder = shared_data / "flickr8k_1k" / "Images"
+    names = sorted(path.name for path in folder.iterdir())[::42]
+    processor = OMITImageProcessor.for_efficientnet_lite()
+    batch = processor([Image.open(folder / name) for name in names], return_tensors="np")["pixel_values"]
+    sizes = set()
+    for row, name in enumerate(names):
+        image = Image.open(folder / name).convert("RGB")
+        width, height = image.size
+        sizes.add(image.size)
+        short, long = min(width, height), max(width, height)
+        resized_long = int(224 * long / short)  # transformers rounds the longer side down
+        resized = (224, resized_long) if width < height else (resized_long, 224)
+        top, left = (resized[1] - 224) // 2, (resized[0] - 224) // 2
+        crop = np.asarray(image.resize(resized, resample=Image.Resampling.BICUBIC))[top : top + 224, left : left + 224]
+        expected = ((crop.astype(np.float64) / 255.0) * 255.0 - 127.0) / 128.0
+        np.testing.assert_allclose(batch[row], expected.transpose(2, 0, 1), rtol=0, atol=1e-6)
+    assert len(names) == 24 and len(sizes) >= 8
+
+
+def test_extreme_aspect_ratio_is_rejected_before_any_resize(resize_sizes):
+    # a 4000 x 1 strip used to be resized to 896000 x 224 (1.9 GB, 4.6 s) before the centre crop
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"image 0 has size 4000 x 1 \(width x height\), an aspect ratio above 20:1"):
+        OMITImageProcessor()(Image.new("RGB", (4000, 1)))
+    with pytest.raises(ValueError, match=r"image 1 has size 1 x 300 .*aspect ratio above 20:1"):
+        OMITImageProcessor()([np.zeros((8, 8, 3), np.uint8), np.zeros((300, 1, 3), np.uint8)])
+    assert time.perf_counter() - started < 0.5 and resize_sizes == []
+
+
+def test_resize_work_is_bounded_by_twenty_times_the_crop(resize_sizes):
+    # the most elongated image allowed: its resized intermediate is at most 20 x 224 x 224 pixels
+    pixel_values = OMITImageProcessor()(Image.new("RGB", (2000, 100), (10, 200, 30)), return_tensors="np")
+    assert pixel_values["pixel_values"].shape == (1, 3, 224, 224)
+    assert resize_sizes == [(4480, 224)] and 4480 * 224 <= 20 * 224 * 224
+
+
+def test_pixel_count_and_decompression_bombs_are_rejected_before_decoding(tmp_path, resize_sizes):
+    from tests.test_image import png_header_only
+
+    lazy = Image.open(io.BytesIO(png_header_only(8_000, 7_000)))  # 56 MP, never decoded
+    with pytest.raises(ValueError, match=r"image 0 has 8000 x 7000 = 56000000 pixels, more than the limit"):
+        OMITImageProcessor()(lazy)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(100_000, 100_000))
+    with pytest.raises(ValueError, match=r"Cannot read image '.*bomb\.png' \(image 0\).*decompression bomb"):
+        OMITImageProcessor()(str(bomb))
+    assert resize_sizes == []
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 0, 3), (0, 5, 3), (3, 0, 7)])
+def test_empty_image_raises_value_error_not_zero_division(shape):
+    with pytest.raises(ValueError, match=r"image 0 has size \d+ x \d+ \(width x height\): an image needs at least 1 x 1"):
+        OMITImageProcessor()(np.zeros(shape, dtype=np.uint8))
+
+
+def test_greyscale_numpy_image_is_processed_like_its_pil_version(images):
+    grey = np.asarray(images[LANDSCAPE[0]].convert("L"))  # (150, 200) uint8
+    processor = OMITImageProcessor()
+    from_array = processor(grey, return_tensors="np")["pixel_values"]
+    from_pil = processor(Image.fromarray(grey), return_tensors="np")["pixel_values"]
+    assert from_array.shape == (1, 3, 224, 224)
+    np.testing.assert_array_equal(from_array, from_pil)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.arange(300 * 200 * 2).reshape(300, 200, 2) % 256, r"shape \(300, 200, 2\): expected \(height, width\)"),
+        (np.zeros((2, 3, 40, 50)).astype(np.uint8)[None], r"ndarray of shape \(1, 2, 3, 40, 50\) and dtype uint8"),
+        (np.zeros(500, dtype=np.uint8), r"ndarray of shape \(500,\) and dtype uint8\) is not an image"),
+        (np.full((40, 50), 7, dtype=np.int64) * 1000, r"values in \[7000, 7000\]: expected 8-bit values"),
+        (np.zeros((40, 50, 3), dtype=bool), r"dtype bool\) has an unsupported dtype"),
+        (np.full((40, 50, 3), np.nan, dtype=np.float32), "contains NaN or infinite pixel values"),
+        (np.full((40, 50, 3), 300.5), r"float values in \[300.5, 300.5\], but with do_rescale .* \[0, 255\]"),
+        ("no/such/file.png", r"Cannot read image 'no/such/file.png' \(image 0\): no such file"),
+        (12, r"image 0 is of type int; expected a PIL image"),
+        ([], "empty list of images"),
+        ([[np.zeros((4, 4, 3), np.uint8)]], r"image 0 is a list \(1 entries\): pass a flat list"),
+    ],
+)
+def test_bad_images_raise_naming_shape_and_dtype_never_the_pixels(image, message):
+    with pytest.raises(ValueError, match=message) as caught:
+        OMITImageProcessor()(image)
+    assert "[[" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_float_image_in_unit_range_is_not_rescaled_twice(images):
+    # documented choice: with do_rescale, a float [0, 1] image is taken as already rescaled (x 255, with a warning)
+    uint8 = np.asarray(images[PORTRAIT[0]])
+    unit = uint8.astype(np.float32) / 255.0
+    processor = OMITImageProcessor()
+    expected = processor(uint8, return_tensors="np")["pixel_values"]
+    with pytest.warns(UserWarning, match=r"image 0 is a float image with all values in \[0, 1\].*already rescaled"):
+        got = processor(unit, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert got.min() < -2.0 and got.max() > 2.0  # the full normalised range, not the old (x / 255) / 255 sliver
+    # [0, 255] floats are not touched; without do_rescale nothing is guessed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(
+            processor(uint8.astype(np.float64), return_tensors="np")["pixel_values"], expected
+        )
+        raw = processor(unit, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(raw, processor(uint8, do_normalize=False, return_tensors="np")["pixel_values"], atol=1e-6)
+
+
+def test_float_values_beyond_255_raise_with_rescale_and_pass_without(images):
+    sixteen_bit_scale = np.asarray(images[PORTRAIT[0]]).astype(np.float32) * 257.0
+    with pytest.raises(ValueError, match=r"float values in \[0, 65535\], but with do_rescale"):
+        OMITImageProcessor(do_resize=False)(sixteen_bit_scale)
+    with pytest.raises(ValueError, match=r"float values in \[0, 65535\], which cannot be resized as an 8-bit"):
+        OMITImageProcessor(do_rescale=False)(sixteen_bit_scale)
+    raw = OMITImageProcessor(do_resize=False, do_rescale=False, do_normalize=False)(
+        sixteen_bit_scale, return_tensors="np"
+    )["pixel_values"]
+    # the 150 x 200 image zero-padded to the 224 x 224 crop (transformers puts the odd padding row/column first)
+    assert raw.shape == (1, 3, 224, 224)
+    np.testing.assert_array_equal(raw[0, :, 12:212, 37:187], sixteen_bit_scale.transpose(2, 0, 1))
+    assert raw[0, :, :12].max() == 0 and raw[0, :, :, :37].max() == 0
+
+
+def test_tensors_paths_bytes_and_batches_match_pil_input(images, shared_data):
+    image = images[LANDSCAPE[0]]
+    processor = OMITImageProcessor()
+    expected = processor(image, return_tensors="np")["pixel_values"]
+    hwc = np.asarray(image)
+    path = shared_data / "flickr8k_1k" / "Images" / LANDSCAPE[0]
+    for form in (
+        hwc,
+        torch.tensor(hwc).permute(2, 0, 1),  # (3, H, W)
+        str(path),
+        {"bytes": path.read_bytes(), "path": None},
+    ):
+        np.testing.assert_array_equal(processor(form, return_tensors="np")["pixel_values"], expected)
+    batch = processor(np.stack([hwc, hwc]), return_tensors="np")["pixel_values"]
+    assert batch.shape == (2, 3, 224, 224)
+    np.testing.assert_array_equal(batch[1], expected[0])
+    # a tiny 1 x 1 RGB array is channels last, not a (1, 1, 3) one-channel strip
+    dot = processor(np.array([[[255, 0, 0]]], dtype=np.uint8), do_normalize=False, return_tensors="np")
+    np.testing.assert_allclose(dot["pixel_values"][0, :, 100, 100], [1.0, 0.0, 0.0], atol=1e-6)

@@ -15,10 +15,12 @@ from transformers import (
     pipeline,
 )
 
+from hf_mltm.evaluation import score_retrieval
 from hf_mltm.models.omit import (
     OMITImageProcessor,
     OMITImageTextConfig,
     OMITImageTextModel,
+    OMITLoss,
     OMITProcessor,
 )
 from hf_mltm.models.omit.modeling_omit import keep_top
@@ -50,16 +52,16 @@ def tiny_inputs(batch=3, regions=5, tokens=7, seed=0):
     }
 
 
-@pytest.mark.parametrize("loss_type", ["vse_hinge", "infonce", "mltm"])
+@pytest.mark.parametrize("loss_type", ["triplet", "infonce", "mltm"])
 @pytest.mark.parametrize("partial_matching", ["none", "relevance_threshold", "top_fraction", "mass"])
 def test_forward_shapes_and_finite_loss(loss_type, partial_matching):
     model = OMITImageTextModel(tiny_config(loss_type=loss_type, partial_matching=partial_matching)).eval()
-    out = model(**tiny_inputs(), return_loss=True, output_transport_plans=True)
+    out = model(**tiny_inputs(), return_loss=True, output_transport_plan=True)
     assert out.logits_per_image.shape == (3, 3)
     torch.testing.assert_close(out.logits_per_text, out.logits_per_image.T)
     torch.testing.assert_close(out.logits_per_image, out.scores / model.config.temperature)
     assert out.image_embeds.shape == out.text_embeds.shape == (3, EMBED)
-    assert out.transport_plans.shape == (3, 3, 5, 7)
+    assert out.transport_plan.shape == (3, 3, 5, 7)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
     assert model.image_projection.linear.weight.grad.abs().sum() > 0
@@ -69,7 +71,7 @@ def test_forward_shapes_and_finite_loss(loss_type, partial_matching):
 def test_scores_follow_the_documented_formula_and_fragments_are_masked():
     model = OMITImageTextModel(tiny_config()).eval()
     inputs = tiny_inputs()
-    out = model(**inputs, output_transport_plans=True)
+    out = model(**inputs, output_transport_plan=True)
     images, image_mask = model.get_image_fragments(image_fragments=inputs["image_fragments"],
                                                    image_fragment_mask=inputs["image_fragment_mask"])
     texts, text_mask = model.get_text_fragments(inputs["input_ids"], inputs["attention_mask"])
@@ -78,27 +80,27 @@ def test_scores_follow_the_documented_formula_and_fragments_are_masked():
     lengths = inputs["attention_mask"].sum(-1)
     assert text_mask.sum(-1).tolist() == (lengths - 2).tolist() and not text_mask[:, 0].any()
     similarity = torch.einsum("brd,tld->btrl", images, texts)
-    torch.testing.assert_close(out.scores, (out.transport_plans * similarity).sum((-2, -1)))
-    expected = fragment_ot_scores(images, texts, image_mask, text_mask, 0.05, tol=1e-3).scores
+    torch.testing.assert_close(out.scores, (out.transport_plan * similarity).sum((-2, -1)))
+    expected = fragment_ot_scores(images, texts, image_mask, text_mask, 0.05, tol=1e-3).value
     torch.testing.assert_close(out.scores, expected)
     padded = ~(image_mask[:, None, :, None] & text_mask[None, :, None, :])
-    assert (out.transport_plans[padded.expand_as(out.transport_plans)] == 0).all()
+    assert (out.transport_plan[padded.expand_as(out.transport_plan)] == 0).all()
     torch.testing.assert_close(out.image_embeds, F.normalize((images * image_mask[..., None]).sum(1), dim=-1))
 
 
-def test_vse_hinge_loss_equals_hand_computed_values_in_warmup_and_hardest_phases():
+def test_triplet_loss_equals_hand_computed_values_in_warmup_and_hardest_phases():
     # Positives 0.6, 0.4, 0.7 on the diagonal, margin 0.05. Violations [margin - S_ii + S_ij]_+:
     # image anchors: row 1 has 0.23 (caption 0); caption anchors: column 0 has 0.03 (image 1), column 1 has 0.15
     # (image 0) and 0.10 (image 2). Sum over negatives: (0.03 + (0.23 + 0.25) + 0) / 3 = 0.17.
     # Hardest negative: (0.03 + (0.23 + 0.15) + 0) / 3 = 0.41 / 3.
     scores = torch.tensor([[0.6, 0.5, 0.1], [0.58, 0.4, 0.3], [0.2, 0.45, 0.7]])
-    model = OMITImageTextModel(tiny_config(vse_margin=0.05, vse_warmup_steps=2)).train()
-    losses = [model.matching_loss(scores).item() for _ in range(3)]
-    assert losses == pytest.approx([0.17, 0.17, 0.41 / 3], abs=1e-6)
-    assert int(model.loss_steps) == 3
-    model.eval()
-    assert model.matching_loss(scores).item() == pytest.approx(0.41 / 3, abs=1e-6)
-    assert int(model.loss_steps) == 3  # evaluation does not advance the warm-up
+    model = OMITImageTextModel(tiny_config(triplet_margin=0.05, triplet_warmup_steps=2)).train()
+    loss_fn = OMITLoss.from_model(model)
+    # The warm-up counts optimizer steps (the trainer's global step), not loss calls: two micro-batches of one
+    # accumulated step both see step 0.
+    losses = [loss_fn.loss_from_scores(scores, step=step).item() for step in (0, 0, 1, 2, 3)]
+    assert losses == pytest.approx([0.17, 0.17, 0.17, 0.41 / 3, 0.41 / 3], abs=1e-6)
+    assert loss_fn.loss_from_scores(scores).item() == pytest.approx(0.41 / 3, abs=1e-6)  # no step: after warm-up
 
 
 def _constructed_half_unrelated_example():
@@ -127,14 +129,14 @@ def test_partial_matching_leaves_unrelated_regions_out(settings, max_unrelated_s
     model = OMITImageTextModel(tiny_config(**settings)).eval()
     image, image_mask, words, word_mask = _constructed_half_unrelated_example()
     result = model.pair_scores(image, image_mask, words, word_mask, return_plans=True)
-    plan = result.plans[0, 0]
+    plan = result.plan[0, 0]
     unrelated_share = ((plan[4:].sum() + plan[:4, 4:].sum()) / plan.sum()).item()  # touching an unrelated fragment
     if max_unrelated_share is None:  # balanced OT must move the uniform mass of the unrelated fragments too
         assert unrelated_share > 0.45
-        assert result.scores.item() < 0.6
+        assert result.value.item() < 0.6
     else:
         assert unrelated_share <= max_unrelated_share + 1e-6
-        assert result.scores.item() > 0.95  # only the related regions, each matched to its word
+        assert result.value.item() > 0.95  # only the related regions, each matched to its word
 
 
 def test_training_keeps_a_random_fraction_of_fragments():
@@ -154,20 +156,21 @@ def test_keep_top_breaks_ties_by_index():
     assert keep_top(scores, valid, torch.tensor([2])).tolist() == [[True, True, False, False]]
 
 
-def test_cached_tower_outputs_and_loss_inputs_reproduce_the_forward():
+def test_cached_tower_outputs_and_the_loss_module_reproduce_the_forward():
     model = OMITImageTextModel(tiny_config(loss_type="infonce")).eval()
     inputs = tiny_inputs()
-    full = model(**inputs, return_loss=True, output_loss_inputs=True)
+    full = model(**inputs, return_loss=True)
     towers = model.get_tower_outputs(**inputs)
     assert set(towers) == {"image_fragments", "image_fragment_mask", "text_hidden_states", "attention_mask"}
     cached = model(**towers, return_loss=True)
     torch.testing.assert_close(cached.scores, full.scores)
     torch.testing.assert_close(cached.loss, full.loss)
-    torch.testing.assert_close(model.loss_from_inputs(full.loss_inputs), full.loss)
-    # What a trainer asks for: only the loss inputs; the all-pairs OT is left to loss_from_inputs.
-    trainer_view = model(**inputs, output_loss_inputs=True)
-    assert trainer_view.logits_per_image is None
-    torch.testing.assert_close(model.loss_from_inputs(trainer_view.loss_inputs), full.loss)
+    # What a trainer does: a plain forward, then the loss module on its outputs (reusing the batch scores) ...
+    torch.testing.assert_close(OMITLoss.from_model(model)(full), full.loss)
+    # ... and, when the outputs hold no scores (e.g. gathered from several processes), scoring the fragments again.
+    fragments_only = {key: full[key] for key in ("image_fragments", "image_fragment_mask", "text_fragments",
+                                                 "text_fragment_mask")}
+    torch.testing.assert_close(OMITLoss.from_model(model)(fragments_only), full.loss)
 
 
 def test_score_retrieval_encodes_once_and_matches_the_forward_scores():
@@ -179,7 +182,7 @@ def test_score_retrieval_encodes_once_and_matches_the_forward_scores():
     captions = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
     calls = []
     model.text_model.register_forward_hook(lambda module, args, output: calls.append(len(args) or 1))
-    scores = model.score_retrieval(images, captions, batch_size=4, chunk_size=12)
+    scores = score_retrieval(model, images, captions, batch_size=4)
     assert len(calls) == 2  # captions encoded once, in two batches
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)  # float32 solves stopped at their own step
 
@@ -210,7 +213,7 @@ def test_precomputed_model_rejects_pixel_values_and_bad_fragment_shapes():
     with pytest.raises(ValueError, match=r"image_fragments must have shape \(B, R, 12\)"):
         model.get_image_fragments(image_fragments=torch.randn(1, 3, 7))
     with pytest.raises(ValueError, match="paired batches"):
-        model.matching_loss(torch.zeros(2, 3))
+        OMITLoss.from_model(model).loss_from_scores(torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize(
@@ -220,7 +223,7 @@ def test_precomputed_model_rejects_pixel_values_and_bad_fragment_shapes():
         ({"fragment_keep_ratio": 0.0}, r"fragment_keep_ratio must be in \(0, 1\]"),
         ({"relevance_threshold": 2.0}, "relevance_threshold is a cosine"),
         ({"ot_epsilon": 0.0}, "ot_epsilon must be > 0"),
-        ({"loss_type": "triplet"}, "loss_type='triplet' is not supported"),
+        ({"loss_type": "mltm_partial"}, "loss_type='mltm_partial' is not supported"),
     ],
 )
 def test_invalid_config_raises(kwargs, match):
@@ -228,15 +231,13 @@ def test_invalid_config_raises(kwargs, match):
         tiny_config(**kwargs)
 
 
-def test_save_and_auto_load_round_trip_keeps_the_warmup_counter(tmp_path):
-    model = OMITImageTextModel(tiny_config(partial_matching="mass", partial_ot_mass=0.7)).train()
-    model.matching_loss(torch.eye(3))
-    model.eval()
+def test_save_and_auto_load_round_trip(tmp_path):
+    model = OMITImageTextModel(tiny_config(partial_matching="mass", partial_ot_mass=0.7)).eval()
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "omit_image_text" and config["auto_map"]["AutoModel"].endswith("OMITImageTextModel")
     loaded = AutoModel.from_pretrained(tmp_path).eval()
-    assert isinstance(loaded, OMITImageTextModel) and int(loaded.loss_steps) == 1
+    assert isinstance(loaded, OMITImageTextModel)
     inputs = tiny_inputs()
     torch.testing.assert_close(loaded(**inputs).scores, model(**inputs).scores)
 
@@ -295,8 +296,8 @@ def test_twenty_training_steps_on_real_flickr8k_fragments_lower_the_loss(flickr8
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     text_model = AutoModel.from_pretrained(minilm_dir)
     config = OMITImageTextConfig(image_fragment_dim=1280, text_config=text_model.config, embed_dim=256,
-                                 image_projection_hidden_size=256, loss_type="vse_hinge", vse_margin=0.05,
-                                 vse_warmup_steps=10)
+                                 image_projection_hidden_size=256, loss_type="triplet", triplet_margin=0.05,
+                                 triplet_warmup_steps=10)
     model = OMITImageTextModel(config, text_model=text_model)
     model.text_model.requires_grad_(False)
     text = tokenizer(captions, padding=True, return_tensors="pt")
@@ -304,23 +305,18 @@ def test_twenty_training_steps_on_real_flickr8k_fragments_lower_the_loss(flickr8
 
     def eval_loss():  # the VSE++ (hardest-negative) loss on all 16 pairs, without fragment dropout
         model.eval()
-        steps = model.loss_steps.clone()
-        model.loss_steps.fill_(config.vse_warmup_steps)
         with torch.no_grad():
-            loss = model(**batch, return_loss=True).loss.item()
-        model.loss_steps.copy_(steps)
-        return loss
+            return model(**batch, return_loss=True).loss.item()
 
     before = eval_loss()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
     model.train()
     for step in range(20):
         rows = slice(0, 8) if step % 2 == 0 else slice(8, 16)
-        loss = model(**{key: value[rows] for key, value in batch.items()}, return_loss=True).loss
+        loss = model(**{key: value[rows] for key, value in batch.items()}, return_loss=True, loss_step=step).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert int(model.loss_steps) == 20
     after = eval_loss()
     assert after < 0.7 * before, (before, after)
 
@@ -359,3 +355,16 @@ def test_saved_folder_loads_with_trust_remote_code_in_a_fresh_process(tmp_path):
     environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     subprocess.run([sys.executable, "-c", script], check=True, env=environment, cwd=tmp_path, timeout=300)
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(**inputs).logits_per_image, atol=0, rtol=0)
+
+
+def test_saved_model_with_a_pooler_free_text_tower_reloads_with_no_missing_weights(tmp_path):
+    # Regression: the factory loads text towers without their unused pooler, but the model rebuilt its tower from
+    # the config with a pooler, so reloading best/ reported "pooler ... MISSING, newly initialized".
+    from transformers import BertModel
+
+    text_model = BertModel(tiny_text_config(), add_pooling_layer=False)
+    model = OMITImageTextModel(tiny_config(text_config=text_model.config), text_model=text_model).eval()
+    model.save_pretrained(tmp_path)
+    loaded, info = OMITImageTextModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == [] or info["missing_keys"] == set()
+    assert not any("pooler" in name for name, _ in loaded.named_parameters())

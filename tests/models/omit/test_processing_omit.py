@@ -82,3 +82,24 @@ def test_processor_save_and_load_round_trip(tokenizer, images, tmp_path):
     assert set(actual) == set(expected)
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ([CAPTIONS[0], None], r"Caption 1 of `text` is 'None' of type NoneType: every caption must be a string"),
+        (5, r"`text` must be a string or a list of strings, got '5' of type int"),
+        ([3.5], r"Caption 0 of `text` is '3.5' of type float"),
+        ([], r"`text` is an empty list"),
+    ],
+)
+def test_bad_captions_raise_naming_index_and_type(tokenizer, images, text, message):
+    processor = OMITProcessor(OMITImageProcessor(), tokenizer)
+    with pytest.raises(ValueError, match=message):
+        processor(images=images, text=text)
+
+
+def test_processor_forwards_image_errors_by_position(tokenizer, images):
+    processor = OMITProcessor(OMITImageProcessor(), tokenizer)
+    with pytest.raises(ValueError, match=r"image 1 has size 0 x 0"):
+        processor(images=[images[0], Image.new("RGB", (0, 0))], text=CAPTIONS)

@@ -39,6 +39,7 @@ DATASETS = {
     "flickr8k": ("build_flickr8k", "flickr8k_1k"),
     "flickr30k": ("build_flickr30k", None),
     "coco": ("build_coco", None),
+    "coco_captions": ("build_coco_captions", None),  # any image folder + a COCO-format caption file
     "audio_folder": ("build_audio_folder", None),
 }
 HEATMAP_ITEMS = 16
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--config", help="a training config (scripts/train.py): evaluate on its data.eval sources")
     parser.add_argument("--data_dir", help="the dataset's root folder (default: $HF_MLTM_DATA/<dataset>)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--annotation_file",
+                        help="--dataset coco_captions: the COCO-format caption file ({images, annotations}) of the "
+                             "images in --data_dir; all its images form the --split split")
     parser.add_argument("--ranking", nargs="+", default=["distance"], choices=["distance", "ot"],
                         help="ranking modes, each reported separately (default: distance)")
     parser.add_argument("--ot_epsilon", type=float, help="epsilon of OT ranking (default: the model's ot_epsilon)")
@@ -136,7 +140,12 @@ def load_items(args: argparse.Namespace):
             if default_folder is None:
                 raise SystemExit(f"--dataset {args.dataset} needs --data_dir (the dataset's root folder).")
             data_dir = os.path.join(os.environ.get("HF_MLTM_DATA", "../shared/data"), default_folder)
-        splits = getattr(hf_mltm.data, builder_name)(data_dir, view="items", splits=args.split)
+        extra = {}
+        if args.dataset == "coco_captions":
+            if args.annotation_file is None:
+                raise SystemExit("--dataset coco_captions needs --annotation_file (a COCO-format caption file).")
+            extra = {"annotation_file": args.annotation_file, "split": args.split}
+        splits = getattr(hf_mltm.data, builder_name)(data_dir, view="items", splits=args.split, **extra)
         items = next(iter(splits.values()))
     if "captions" not in items.column_names and not args.zero_shot:
         raise SystemExit(f"The dataset has no 'captions' column (columns {items.column_names}): is it the items view?")

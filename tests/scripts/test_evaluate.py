@@ -241,3 +241,23 @@ def test_model_config_overrides_change_the_scoring_for_one_evaluation(shared_dat
         script.apply_model_config(model, {"partial_matchin": "mass"})
     with pytest.raises(ValueError, match="partial_matching='soft' is not supported"):
         script.apply_model_config(model, {"partial_matching": "soft"})
+
+
+def test_coco_format_captions_evaluate_like_the_karpathy_build(saved_model, shared_data, tmp_path):
+    # A COCO-format caption file ({images, annotations}) for an image folder evaluates without rewriting it as a
+    # Karpathy JSON: here the same 100 Flickr8k test images as --dataset flickr8k, so the item lists are equal.
+    from hf_mltm.data import build_flickr8k
+
+    items = build_flickr8k(shared_data / "flickr8k_1k", view="items", splits=["test"])["test"]
+    coco = {"images": [{"id": i, "file_name": name} for i, name in enumerate(items["item_id"])],
+            "annotations": [{"id": 100 * i + j, "image_id": i, "caption": caption}
+                            for i, captions in enumerate(items["captions"]) for j, caption in enumerate(captions)]}
+    (tmp_path / "captions.json").write_text(json.dumps(coco))
+    script = load_script("evaluate")
+    args = script.parse_args(["--model", str(saved_model[0]), "--dataset", "coco_captions", "--data_dir",
+                              str(shared_data / "flickr8k_1k" / "Images"), "--annotation_file",
+                              str(tmp_path / "captions.json"), "--output_dir", str(tmp_path / "o")])
+    assert script.load_items(args).to_dict() == items.to_dict()
+    with pytest.raises(SystemExit, match="needs --annotation_file"):
+        script.load_items(script.parse_args(["--model", str(saved_model[0]), "--dataset", "coco_captions",
+                                             "--data_dir", str(shared_data), "--output_dir", str(tmp_path / "p")]))

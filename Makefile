@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench space clean
 
 DEMO_CONFIG ?= configs/demo.yaml
 DEMO_DIR ?= runs/demo
@@ -28,7 +28,11 @@ test: $(STAMP)
 	$(VPY) -m pytest tests
 
 lint: $(STAMP)
-	$(VPY) -m ruff check hf_mltm tests benchmarks
+	$(VPY) -m ruff check hf_mltm tests benchmarks space
+
+# The Gradio Space (docs/space.md); trains the `make demo` model first when runs/demo is missing.
+space: $(STAMP)
+	$(VPY) space/app.py
 
 bench: $(STAMP)
 	$(PIP) install -e ".[bench]"

@@ -340,6 +340,15 @@ def text_content_key(text: str) -> str:
     return content_key("text", text)
 
 
+VOLATILE_PROCESSOR_KEYS = ("auto_map", "processor_class", "feature_extractor_type", "image_processor_type")
+
+
+def processor_settings(processor: Any) -> dict[str, Any]:
+    """A feature extractor's or image processor's ``to_dict()`` without the entries that name classes or code
+    locations (a processor loaded from a saved folder computes the same as the one built in code)."""
+    return {key: value for key, value in processor.to_dict().items() if key not in VOLATILE_PROCESSOR_KEYS}
+
+
 def tokenizer_settings(tokenizer: Any, max_length: int | None) -> dict[str, Any]:
     """What of a tokenizer changes a text tower's output: its full definition (vocabulary, normalisation) as a
     digest, its class, and the length limit."""

@@ -17,6 +17,7 @@ from .base import (
     batch_slices,
     eval_mode,
     model_device,
+    processor_settings,
     register_adapter,
     tower_rows,
 )
@@ -122,7 +123,7 @@ class MLTMAdapter(ModelAdapter):
                                                  audio_attention_mask=batch["audio_attention_mask"].to(device))
             return [{"audio_tower_embeds": row} for row in embeds["audio_tower_embeds"].float().cpu()]
 
-        settings = {"feature_extractor": processor.feature_extractor.to_dict(), "collator": audio_settings}
+        settings = {"feature_extractor": processor_settings(processor.feature_extractor), "collator": audio_settings}
         keys = [audio_content_key(value, f"Row {row} of the dataset") for row, value in enumerate(audio_values)]
         with eval_mode(model):
             return tower_rows(keys, compute, cache_dir=cache_dir, tower=model.audio_model, settings=settings,

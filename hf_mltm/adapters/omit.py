@@ -16,6 +16,7 @@ from .base import (
     batch_slices,
     eval_mode,
     model_device,
+    processor_settings,
     register_adapter,
     stack_rows,
     tower_rows,
@@ -123,7 +124,7 @@ class OMITAdapter(ModelAdapter):
             return [{"image_fragments": values.float().cpu(), "image_fragment_mask": mask.cpu()}
                     for values, mask in zip(tower["image_fragments"], tower["image_fragment_mask"], strict=True)]
 
-        settings = {"image_processor": processor.image_processor.to_dict(),
+        settings = {"image_processor": processor_settings(processor.image_processor),
                     "drop_vision_cls_token": model.config.drop_vision_cls_token}
         keys = [_image_content_key(image) for image in images]
         with eval_mode(model):

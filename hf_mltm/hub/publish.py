@@ -12,7 +12,7 @@ folder after it). The order of the work is what makes a failure cheap:
    it with the in-package model (and runs the card's usage snippet): a folder that would not load is never
    uploaded;
 5. ``HfApi().create_repo`` and ``HfApi().upload_folder`` upload exactly that folder; optionally the Space folder too
-   (``repo_type="space"``), with the model id as its ``HF_MLTM_MODEL`` variable.
+   (``repo_type="space"``), with the model id as its ``HF_MLTM_SPACE_MODEL`` variable.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # The Space variable holding the model id the demo loads.
-SPACE_MODEL_VARIABLE = "HF_MLTM_MODEL"
+SPACE_MODEL_VARIABLE = "HF_MLTM_SPACE_MODEL"
 
 
 class HubAccessError(RuntimeError):
@@ -219,7 +219,7 @@ def publish_model(
         token (`str`, *optional*): a Hub token; default: ``HF_TOKEN`` or the saved login.
         space_dir (`str` or `Path`, *optional*): a Gradio Space folder to upload as well (`check_space_folder`).
         space_id (`str`, *optional*): the Space repo (default: ``repo_id``; Spaces and models are separate
-            namespaces). Its ``HF_MLTM_MODEL`` variable is set to ``repo_id``.
+            namespaces). Its ``HF_MLTM_SPACE_MODEL`` variable is set to ``repo_id``.
         commit_message (`str`): the model commit's message.
         timeout (`float`, defaults to 600): seconds for the fresh-process check.
         reason (`str`), alternative (`str`): the wording of access errors (`check_hub_access`).
@@ -257,9 +257,11 @@ def publish_model(
     if space_dir is not None:
         result.space_id = space_id or repo_id
         api.create_repo(result.space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        space_commit = api.upload_folder(folder_path=str(space_dir), repo_id=result.space_id, repo_type="space",
-                                         commit_message="Upload hf_mltm demo Space",
-                                         ignore_patterns=["__pycache__/*", "*.pyc", ".cache/*"])
+        with tempfile.TemporaryDirectory(prefix="hf_mltm_space_") as staging:
+            staged = _stage_space(Path(space_dir), Path(staging) / "space")
+            space_commit = api.upload_folder(folder_path=str(staged), repo_id=result.space_id, repo_type="space",
+                                             commit_message="Upload hf_mltm demo Space",
+                                             ignore_patterns=["__pycache__/*", "*.pyc", ".cache/*"])
         api.add_space_variable(result.space_id, SPACE_MODEL_VARIABLE, repo_id)
         result.space_commit_url = str(getattr(space_commit, "commit_url", space_commit))
     return result
@@ -274,3 +276,13 @@ def push_folder(folder: str | Path, model_id: str, *, private: bool = True, toke
     return publish_model(folder, model_id, private=private, token=token, reason="hub.push_to_hub is set",
                          alternative="upload the output folder later with scripts/push_to_hub.py").commit_url
 
+
+def _stage_space(space_dir: Path, staged: Path) -> Path:
+    """The Space folder as uploaded: its files plus the ``hf_mltm`` package beside ``app.py`` (a Space installs only
+    ``requirements.txt``, and hf_mltm is not on PyPI)."""
+    import shutil
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".cache")
+    shutil.copytree(space_dir, staged, ignore=ignore)
+    shutil.copytree(Path(__file__).resolve().parents[1], staged / "hf_mltm", ignore=ignore)
+    return staged

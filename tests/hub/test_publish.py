@@ -146,8 +146,11 @@ def test_the_exact_folder_that_is_uploaded_loads_without_hf_mltm(fake_hub, saved
     assert checked == [(uploaded_path, checked[0][1], 1)]
     assert f'repo_id = "{uploaded_path}"' in checked[0][1]  # and ran the card's snippet against it
     assert fake_hub[3][1:] == (REPO_ID, "space", True)
-    assert fake_hub[4][1:4] == (REPO_ID, "space", str(space_dir))
-    assert fake_hub[5][1:] == (REPO_ID, "HF_MLTM_MODEL", REPO_ID)
+    assert fake_hub[4][1:3] == (REPO_ID, "space")
+    space_copy = fake_hub[4][4]  # the Space folder plus the hf_mltm package beside app.py
+    assert (space_copy / "app.py").is_file() and (space_copy / "hf_mltm" / "__init__.py").is_file()
+    assert not list(space_copy.rglob("__pycache__"))
+    assert fake_hub[5][1:] == (REPO_ID, "HF_MLTM_SPACE_MODEL", REPO_ID)
     assert result.commit_url == f"https://hub.example/{REPO_ID}/commit/1" and result.space_id == REPO_ID
 
     # Only the model, the processor, the card and the vendored code: no checkpoints, logs or hf_mltm-importing copies.

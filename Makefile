@@ -37,6 +37,7 @@ space: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -e ".[bench]"
 	$(VPY) benchmarks/ot_loss.py
+	$(VPY) benchmarks/index.py --quick
 
 install: $(STAMP)
 

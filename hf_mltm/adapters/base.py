@@ -352,10 +352,19 @@ def processor_settings(processor: Any) -> dict[str, Any]:
 def tokenizer_settings(tokenizer: Any, max_length: int | None) -> dict[str, Any]:
     """What of a tokenizer changes a text tower's output: its full definition (vocabulary, normalisation) as a
     digest, its class, and the length limit."""
+    import json
+
     from hf_mltm.feature_cache import content_key
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    definition = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # to_str() also records the truncation/padding state, which the first call changes: leave it out, or a
+        # process's first and later calls would use different cache folders.
+        state = {key: value for key, value in json.loads(backend.to_str()).items()
+                 if key not in ("truncation", "padding")}
+        definition = json.dumps(state, sort_keys=True)
+    else:
+        definition = repr(sorted(tokenizer.get_vocab().items()))
     return {"tokenizer": type(tokenizer).__name__, "definition": content_key(definition),
             "model_max_length": getattr(tokenizer, "model_max_length", None), "max_length": max_length}
 

@@ -145,3 +145,15 @@ def test_evaluation_through_the_cache_equals_evaluation_without_it(tokenizer, sh
         torch.testing.assert_close(result["cost"], plain["cost"])
         for mode in ("distance", "ot"):
             assert result[mode] == plain[mode]
+
+
+def test_tokenizer_settings_do_not_change_after_the_first_call(tokenizer):
+    # Regression: the fast tokenizer's JSON records its truncation/padding state, which the first call changes, so
+    # a process's first and later text-tower calls used different cache folders and embedded captions twice.
+    from hf_mltm.adapters.base import tokenizer_settings
+
+    fresh = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    before = tokenizer_settings(fresh, 32)
+    fresh(["a dog barks", "rain"], padding=True, truncation=True, max_length=32)
+    assert tokenizer_settings(fresh, 32) == before
+    assert tokenizer_settings(fresh, 16) != before  # the length limit still counts

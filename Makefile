@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench space clean
+.PHONY: demo demo-seeds test install lint bench space clean
 
 DEMO_CONFIG ?= configs/demo.yaml
 DEMO_DIR ?= runs/demo
@@ -23,6 +23,20 @@ demo: $(STAMP)
 		--output_dir $(DEMO_DIR)/eval_retrieval --no_progress
 	$(VPY) scripts/evaluate.py --model $(DEMO_DIR) --config $(DEMO_CONFIG) --zero_shot \
 		--template "the sound of {label}" --output_dir $(DEMO_DIR)/eval_zero_shot --no_progress
+
+# The seed spread of the main job: `make demo` at each of DEMO_SEEDS, then mean ± std of the two reports.
+DEMO_SEEDS ?= 0 1 2
+demo-seeds: $(STAMP)
+	for seed in $(DEMO_SEEDS); do \
+		out=$(DEMO_DIR)_seed$$seed; \
+		$(ACCELERATE) scripts/train.py --config $(DEMO_CONFIG) --output_dir $$out --seed $$seed && \
+		$(VPY) scripts/evaluate.py --model $$out --config $(DEMO_CONFIG) --ranking distance ot \
+			--output_dir $$out/eval_retrieval --no_progress && \
+		$(VPY) scripts/evaluate.py --model $$out --config $(DEMO_CONFIG) --zero_shot \
+			--template "the sound of {label}" --output_dir $$out/eval_zero_shot --no_progress || exit 1; \
+	done
+	$(VPY) scripts/seed_spread.py $(foreach seed,$(DEMO_SEEDS),$(DEMO_DIR)_seed$(seed)/eval_zero_shot)
+	$(VPY) scripts/seed_spread.py $(foreach seed,$(DEMO_SEEDS),$(DEMO_DIR)_seed$(seed)/eval_retrieval)
 
 test: $(STAMP)
 	$(VPY) -m pytest tests

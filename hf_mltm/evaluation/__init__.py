@@ -3,7 +3,15 @@
 
 from .model_evaluation import evaluate_retrieval, modality_gap, score_retrieval, zero_shot_classification
 from .ranking import RANKING_MODES, positive_indices, ranks_from_cost, retrieval_ranks
-from .report import markdown_table, plot_results, result_rows, save_report, write_json, write_markdown
+from .report import (
+    markdown_table,
+    plot_results,
+    result_rows,
+    save_report,
+    spread_table,
+    write_json,
+    write_markdown,
+)
 from .retrieval import retrieval_metrics
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "retrieval_metrics",
     "retrieval_ranks",
     "save_report",
+    "spread_table",
     "score_retrieval",
     "write_json",
     "write_markdown",

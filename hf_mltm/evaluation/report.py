@@ -20,7 +20,7 @@ import torch
 
 from .ranking import RANKING_MODES
 
-__all__ = ["markdown_table", "plot_results", "result_rows", "save_report", "to_jsonable", "write_json",
+__all__ = ["markdown_table", "plot_results", "result_rows", "save_report", "spread_table", "to_jsonable", "write_json",
            "write_markdown"]
 
 METRIC_COLUMNS = ("R@1", "R@5", "R@10", "medR", "meanR", "mAP@10", "MRR@10")
@@ -48,6 +48,47 @@ def result_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             if _is_metrics(metrics):
                 rows.append({"ranking": mode, "direction": direction, **metrics})
     return rows
+
+
+def spread_table(results: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] = ("R@1", "R@5", "R@10"),
+                 digits: int = 2) -> str:
+    """A markdown table of the mean, standard deviation and range over runs (e.g. seeds) of the same report.
+
+    Args:
+        results (`Sequence[Mapping]`): one ``evaluate_retrieval``-style result per run (``metrics.json`` contents),
+            all with the same ranking modes and directions.
+        metrics (`Sequence[str]`): the metric columns.
+        digits (`int`): decimals.
+
+    Returns:
+        `str`: one row per (ranking, direction): ``mean ± std (min-max)`` of each metric over the runs (sample
+        standard deviation, ``n - 1``), and ``n``.
+
+    Raises:
+        ValueError: fewer than two runs, or runs whose rows or metrics differ.
+    """
+    if len(results) < 2:
+        raise ValueError(f"spread_table needs the reports of at least two runs, got {len(results)}.")
+    tables = [result_rows(result) for result in results]
+    keys = [(row["ranking"], row["direction"]) for row in tables[0]]
+    for index, rows in enumerate(tables[1:], start=1):
+        if [(row["ranking"], row["direction"]) for row in rows] != keys:
+            raise ValueError(f"report {index} has rows {[(r['ranking'], r['direction']) for r in rows]}, report 0 "
+                             f"has {keys}; give reports of the same evaluation.")
+    lines = ["| ranking | direction | " + " | ".join(metrics) + " | n |",
+             "|" + "---|" * (len(metrics) + 3)]
+    for position, (mode, direction) in enumerate(keys):
+        cells = [mode, direction]
+        for name in metrics:
+            values = [rows[position].get(name) for rows in tables]
+            if any(not isinstance(v, (int, float, np.number)) or isinstance(v, bool) for v in values):
+                raise ValueError(f"metric {name!r} of {mode}/{direction} is missing or not a number in some report "
+                                 f"({values}).")
+            array = np.asarray(values, dtype=np.float64)
+            cells.append(f"{array.mean():.{digits}f} ± {array.std(ddof=1):.{digits}f} "
+                         f"({array.min():.{digits}f}-{array.max():.{digits}f})")
+        lines.append("| " + " | ".join([*cells, str(len(tables))]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _format(value: Any, digits: int) -> str:

@@ -48,7 +48,9 @@ def duplicate_aware_target(
     return same / (same.sum(-1, keepdim=True) * size)
 
 
-def normalize_cost(cost: torch.Tensor, normalization: CostNormalization) -> torch.Tensor:
+def normalize_cost(
+    cost: torch.Tensor, normalization: CostNormalization, *, detach_scale: bool = False
+) -> torch.Tensor:
     """Normalise a cost ``(..., n, m)`` per problem before the OT solve.
 
     Args:
@@ -56,8 +58,11 @@ def normalize_cost(cost: torch.Tensor, normalization: CostNormalization) -> torc
         normalization (`str`): ``"none"`` returns the cost unchanged. ``"batch_max"`` divides each problem by its
             largest entry (the reference code's choice) **when that maximum is positive**; a problem whose maximum is
             0 or negative (an all-zero cost, or a cost such as ``-similarity``) is left unscaled, since dividing by it
-            would give NaN/inf or flip the sign of the cost (which turns the OT plan into its opposite). The maximum
-            is not detached: its entry receives gradient too.
+            would give NaN/inf or flip the sign of the cost (which turns the OT plan into its opposite).
+        detach_scale (`bool`, defaults to `False`): with ``"batch_max"``, treat the maximum as a constant. By default
+            (the reference code) the maximum entry receives gradient too: moving the farthest pair moves every
+            normalised entry. Detached, ``epsilon`` stays relative to a cost in ``[0, 1]`` but the loss no longer
+            pushes on that one entry (``docs/results.md`` section 6 measures both).
 
     Returns:
         `torch.Tensor` of shape `(..., n, m)`: the cost divided by the per-problem scale (maximum or 1).
@@ -66,6 +71,8 @@ def normalize_cost(cost: torch.Tensor, normalization: CostNormalization) -> torc
         return cost
     if normalization == "batch_max":
         scale = cost.amax(dim=(-2, -1), keepdim=True)  # (..., 1, 1)
+        if detach_scale:
+            scale = scale.detach()
         # where() keeps the gradient away from a maximum that is not used (and from the clamp's 1 / tiny).
         positive = scale > 0
         return cost / torch.where(positive, scale, torch.ones_like(scale))
@@ -79,7 +86,7 @@ def _check_square(matrix: torch.Tensor, name: str) -> int:
 
 
 def _cost_and_target(
-    cost: torch.Tensor, normalization: CostNormalization, item_ids: torch.Tensor | None
+    cost: torch.Tensor, normalization: CostNormalization, item_ids: torch.Tensor | None, detach_scale: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised ``(..., b, b)`` cost and the ground-truth coupling in the solver's dtype."""
     size = _check_square(cost, "cost")
@@ -88,7 +95,7 @@ def _cost_and_target(
             f"item_ids has shape {tuple(torch.as_tensor(item_ids).shape)} but the cost of shape {tuple(cost.shape)} "
             f"pairs a batch of {size} items; pass one id per row, shape ({size},)."
         )
-    cost = normalize_cost(cost, normalization)
+    cost = normalize_cost(cost, normalization, detach_scale=detach_scale)
     dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     return cost, duplicate_aware_target(item_ids, size, dtype=dtype, device=cost.device).expand_as(cost)
 
@@ -99,6 +106,7 @@ def mltm_loss(
     *,
     item_ids: torch.Tensor | None = None,
     normalization: CostNormalization = "none",
+    detach_scale: bool = False,
     max_iter: int = 1000,
     tol: float = 1e-6,
     check_every: int = 10,
@@ -112,6 +120,7 @@ def mltm_loss(
         item_ids (`torch.Tensor` of shape `(b,)`, *optional*): duplicate-aware target (see
             :func:`duplicate_aware_target`).
         normalization (`str`): ``"batch_max"`` (paper) or ``"none"``; see :func:`normalize_cost`.
+        detach_scale (`bool`): no gradient through the ``"batch_max"`` scale (see :func:`normalize_cost`).
         max_iter, tol, check_every: Sinkhorn settings (see :func:`hf_mltm.ot.sinkhorn`).
         gradient (`str`): ``"implicit"`` (closed form ``(T - P*) / epsilon``, Sinkhorn under ``no_grad``) or
             ``"unrolled"`` (autograd through every iteration; for verification only).
@@ -119,7 +128,7 @@ def mltm_loss(
     Numerics: Sinkhorn runs in float32 (float64 for float64 costs) even under autocast; the loss reads the log-plan,
     so it stays finite at small ``epsilon`` where the plan's entries underflow. Memory O(b^2).
     """
-    cost, target = _cost_and_target(cost, normalization, item_ids)
+    cost, target = _cost_and_target(cost, normalization, item_ids, detach_scale)
     if gradient == "implicit":
         loss = SinkhornKLLoss.apply(cost, target, float(epsilon), max_iter, tol, check_every)
     elif gradient == "unrolled":
@@ -138,6 +147,7 @@ def mltm_partial_loss(
     *,
     item_ids: torch.Tensor | None = None,
     normalization: CostNormalization = "none",
+    detach_scale: bool = False,
     max_iter: int = 1000,
     tol: float = 1e-6,
     check_every: int = 10,
@@ -151,7 +161,7 @@ def mltm_partial_loss(
     """
     if not 0 < float(mass) <= 1:
         raise ValueError(f"mass must be in (0, 1] (a fraction of the batch's total mass), got {mass}.")
-    cost, target = _cost_and_target(cost, normalization, item_ids)
+    cost, target = _cost_and_target(cost, normalization, item_ids, detach_scale)
     if gradient == "implicit":
         loss = PartialSinkhornKLLoss.apply(cost, target, float(epsilon), float(mass), None, None, max_iter, tol,
                                            check_every)

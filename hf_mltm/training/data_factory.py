@@ -8,6 +8,10 @@
   (optional). A source is ``{builder: esc50, data_dir: esc50, split: train, args: {...}, max_items: 40}``:
   ``hf_mltm.data.build_<builder>(root / data_dir, view=..., **args)[split]``, optionally cut to its first
   ``max_items`` items. Sources are concatenated with ``item_index`` renumbered so that items stay distinct.
+- ``validation_fraction`` (and ``validation_seed``, default 0): hold out this fraction of the training *items*
+  (every caption of a held-out item goes with it; drawn per label when the sources are labelled, so every class
+  keeps training items) as the split the trainer selects its checkpoint on. Without it the trainer selects on
+  ``eval``, which is then no longer an unbiased report: configs that report ``eval`` (``configs/demo.yaml``) set it.
 - ``collator``: keyword arguments of the batch collator (e.g. ``{max_length_s: 5.0, random_crop: false}``);
   ``fragments``: folder of precomputed image grid fragments (OMIT, `hf_mltm.data.grid_features`).
 - ``fallback_train`` / ``fallback_eval``: sources used instead when ``root`` does not exist (e.g. the CC0 animal
@@ -23,9 +27,10 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets
 
-__all__ = ["build_datasets", "build_eval_items", "data_root", "describe_sources"]
+__all__ = ["build_datasets", "build_eval_items", "data_root", "describe_sources", "split_validation"]
 
-DATA_KEYS = {"root", "train", "eval", "fallback_train", "fallback_eval", "collator", "fragments"}
+DATA_KEYS = {"root", "train", "eval", "fallback_train", "fallback_eval", "collator", "fragments",
+             "validation_fraction", "validation_seed"}
 SOURCE_KEYS = {"builder", "data_dir", "split", "args", "max_items"}
 CAPTION_COLUMNS = ("item_id", "item_index", "caption", "caption_index")
 ITEM_COLUMNS = ("item_id", "item_index", "captions")
@@ -122,10 +127,14 @@ def _concatenate(datasets: list[Dataset], view: str, where: str) -> Dataset:
 
 
 def build_datasets(section: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
-    """``(train captions view, eval items view or None)`` from a ``data`` section (module docstring).
+    """``(train captions view, selection items view or None)`` from a ``data`` section (module docstring).
+
+    The selection split is the held-out ``validation_fraction`` of the training items when that key is set (the
+    training view then lacks them), else the ``eval`` sources.
 
     Raises:
-        ValueError: unknown keys, an unknown builder or split, or no training source.
+        ValueError: unknown keys, an unknown builder or split, no training source, or a ``validation_fraction``
+            outside (0, 1) or one that leaves no training or validation item.
     """
     check_data_section(section)
     root = data_root(section)
@@ -136,7 +145,51 @@ def build_datasets(section: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
         raise ValueError(f"data.train must list at least one source (data root {root}).")
     train = _concatenate([_load_source(s, root, "captions", f"data.train[{i}]") for i, s in
                           enumerate(train_sources)], "captions", "data.train")
+    if section.get("validation_fraction") is not None:
+        return split_validation(train, section["validation_fraction"], seed=section.get("validation_seed", 0))
     return train, build_eval_items(section) if eval_sources else None
+
+
+def split_validation(train: Dataset, fraction: float, *, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Hold out ``fraction`` of the items of a captions view: ``(remaining captions view, held-out items view)``.
+
+    Items (``item_index``) are drawn per ``label`` when the view has one (``round(fraction * n)`` of each label's
+    ``n`` items, at least one and never all of them, so every class keeps training items; a label with a single
+    item stays in training), else, or when no label has two items, over all items as one group (then the held-out
+    items may be whole classes). The draw is seeded and independent of row order.
+
+    Raises:
+        ValueError: ``fraction`` is not a number in (0, 1), or the split leaves no training or no validation item.
+    """
+    import random
+
+    from hf_mltm.data.views import captions_to_items
+
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"data.validation_fraction must be a number in (0, 1), e.g. 0.2, got {fraction!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"data.validation_seed must be an integer, got {seed!r}.")
+    indices = train["item_index"]
+    labels = train["label"] if "label" in train.column_names else [None] * len(indices)
+    by_label: dict[Any, list[int]] = {}
+    for index, label in dict(zip(indices, labels, strict=True)).items():
+        by_label.setdefault(label, []).append(index)
+    if all(len(items) < 2 for items in by_label.values()):
+        by_label = {None: [index for items in by_label.values() for index in items]}
+    rng = random.Random(seed)
+    held_out: set[int] = set()
+    for label in sorted(by_label, key=str):
+        items = sorted(by_label[label])
+        if len(items) < 2:
+            continue
+        count = min(max(1, round(fraction * len(items))), len(items) - 1)
+        held_out.update(rng.sample(items, count))
+    if not held_out or len(held_out) == len(set(indices)):
+        raise ValueError(f"data.validation_fraction={fraction} holds out {len(held_out)} of {len(set(indices))} "
+                         "training items; use more training items or another fraction.")
+    validation_rows = [row for row, index in enumerate(indices) if index in held_out]
+    train_rows = [row for row, index in enumerate(indices) if index not in held_out]
+    return train.select(train_rows), captions_to_items(train.select(validation_rows))
 
 
 def build_eval_items(section: dict[str, Any]) -> Dataset:

@@ -210,6 +210,11 @@ def train(config: ExperimentConfig) -> TrainResult:
         model, processor = build_model_and_processor(config.model)
         train_rows, eval_items = build_datasets(config.data)
         fragments = _fragments(config.data)
+    if eval_items is not None and len(eval_items) < 2:
+        # Every ranking of one item is perfect: its scores cannot tell epochs apart.
+        accelerator.print(f"the selection split has {len(eval_items)} item(s): no checkpoint selection, the final "
+                          "model is kept (give data.validation_fraction a larger share, or more data)")
+        eval_items = None
     adapter = get_adapter(model)
     if training.freeze_towers:
         _freeze_towers(model)

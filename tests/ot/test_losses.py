@@ -213,3 +213,25 @@ def test_batch_max_normalises_each_problem_by_its_own_positive_maximum():
 def test_item_ids_of_the_wrong_length_name_both_shapes():
     with pytest.raises(ValueError, match=r"item_ids has shape \(2,\) but the cost of shape \(3, 3\) pairs a batch of 3"):
         mltm_loss(torch.rand(3, 3), 0.05, item_ids=torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("loss_fn", [lambda c, **kw: mltm_loss(c, 0.1, **kw),
+                                     lambda c, **kw: mltm_partial_loss(c, 0.1, 0.8, **kw)], ids=["full", "partial"])
+def test_detached_batch_max_equals_dividing_by_a_constant_and_differs_only_at_the_maximum(loss_fn):
+    torch.manual_seed(3)
+    cost = (torch.rand(5, 5, dtype=torch.float64) + 0.1).requires_grad_(True)
+    peak = cost.detach().argmax()
+    detached = loss_fn(cost, normalization="batch_max", detach_scale=True, tol=1e-12)
+    (grad_detached,) = torch.autograd.grad(detached, cost)
+    constant = loss_fn(cost / cost.detach().amax().item(), normalization="none", tol=1e-12)
+    (grad_constant,) = torch.autograd.grad(constant, cost)
+    torch.testing.assert_close(detached, constant, rtol=0, atol=0)
+    torch.testing.assert_close(grad_detached, grad_constant, rtol=1e-12, atol=1e-12)
+    attached = loss_fn(cost, normalization="batch_max", tol=1e-12)
+    (grad_attached,) = torch.autograd.grad(attached, cost)
+    torch.testing.assert_close(attached, detached, rtol=0, atol=0)  # the same value: only the gradient differs
+    # d/dC_max of f(C / C_max) adds -sum_ij g_ij C_ij / C_max^2 to the maximum entry and nothing elsewhere.
+    difference = (grad_attached - grad_detached).flatten()
+    expected = -(grad_constant * cost.detach()).sum() / cost.detach().amax()
+    torch.testing.assert_close(difference[peak], expected, rtol=1e-9, atol=1e-12)
+    assert torch.count_nonzero(difference.abs() > 1e-12) == 1

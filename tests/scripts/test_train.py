@@ -260,3 +260,27 @@ def test_bf16_mixed_precision_with_gradient_accumulation_trains_without_the_cach
 
     model = AutoModel.from_pretrained(tmp_path / "run")
     assert model.metric.weight.dtype == torch.float32  # the OT metric stays float32 under bf16
+
+
+def test_a_held_out_validation_split_is_what_selects_and_one_item_cannot_select(tmp_path, shared_data):
+    raw = yaml.safe_load(tiny_config(tmp_path, shared_data, batch_size=4).read_text())
+    raw["data"]["validation_fraction"] = 0.25
+    config = tmp_path / "validation.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run_train(["--config", str(config), "--output_dir", str(tmp_path / "run")])
+    evals = [r for r in read_metrics_log(tmp_path / "run" / "metrics.jsonl") if r.get("type") == "eval"]
+    # The selection split is the few held-out training clips (R@10 over at most 10 clips is always 100 %), not the
+    # 16 ESC-10 eval clips.
+    from hf_mltm.training import build_datasets
+
+    _, selection = build_datasets(raw["data"])
+    assert len(selection) <= 10 and not set(selection["label"]) & {"dog", "rooster", "rain", "sea_waves"}
+    assert len(evals) == 2 and all(r["metrics"]["distance"]["text_to_audio"]["R@10"] == 100.0 for r in evals)
+
+    raw["data"]["train"][0]["max_items"] = 3  # three clips of three classes: one is held out
+    raw["training"]["batch_size"] = 2
+    config.write_text(yaml.safe_dump(raw))
+    result = run_train(["--config", str(config), "--output_dir", str(tmp_path / "one")])
+    assert "the selection split has 1 item(s): no checkpoint selection" in result.stdout + result.stderr
+    assert not [r for r in read_metrics_log(tmp_path / "one" / "metrics.jsonl") if r.get("type") == "eval"]
+    assert not (tmp_path / "one" / "best").exists()

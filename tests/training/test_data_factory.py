@@ -44,14 +44,50 @@ def test_demo_config_evaluates_unseen_classes_and_falls_back_to_the_packaged_ani
     from hf_mltm.training.data_factory import build_eval_items
 
     section = dict(load_config("configs/demo.yaml").data, root=str(shared_data))
-    train, evaluation = build_datasets(section)
+    train, validation = build_datasets(section)
+    evaluation = build_eval_items(section)
     assert len(evaluation) == 80 and len(set(evaluation["label"])) == 10  # ESC-10 of fold 1
     assert not set(evaluation["label"]) & set(train["label"])  # zero-shot classes are unseen in training
-    # Without the shared data: the 10 CC0 animal sounds, split by a seeded draw into 5 + 5 animals.
+    # The checkpoint is selected on held-out clips of the training classes, never on the reported ESC-10 clips.
+    assert not set(validation["audio"]) & set(evaluation["audio"]) and not set(validation["audio"]) & set(train["audio"])
+    assert set(validation["label"]) <= set(train["label"]) and len(train) + len(validation) == 318 + 200 + 104
+    # Without the shared data: the 10 CC0 animal sounds, split by a seeded draw into 5 + 5 animals; one of the 5
+    # training animals (one clip each) is held out for selection.
     section["root"] = str(tmp_path / "missing")
-    train, evaluation = build_datasets(section)
-    assert len(train) == len(evaluation) == 5
-    assert sorted([*train["label"], *evaluation["label"]]) == ["cat", "cow", "dog", "duck", "frog", "horse", "owl",
-                                                              "pig", "rooster", "sheep"]
-    assert list(build_eval_items(section)["label"]) == list(evaluation["label"])
+    train, validation = build_datasets(section)
+    evaluation = build_eval_items(section)
+    assert len(train) == 4 and len(validation) == 1 and len(evaluation) == 5
+    assert sorted([*train["label"], *validation["label"], *evaluation["label"]]) == [
+        "cat", "cow", "dog", "duck", "frog", "horse", "owl", "pig", "rooster", "sheep"]
     assert all(path.endswith(".mp3") for path in evaluation["audio"])
+
+
+def test_validation_fraction_holds_out_whole_items_per_label_by_a_seeded_draw(shared_data):
+    from hf_mltm.training.data_factory import split_validation
+
+    section = {"root": str(shared_data),
+               "train": [{"builder": "esc50", "data_dir": "esc50", "split": "test", "args": {"exclude_esc10": True}}]}
+    full, _ = build_datasets(section)  # 40 classes x 8 clips minus ... = 318 clips, one caption each
+    train, validation = build_datasets({**section, "validation_fraction": 0.25, "validation_seed": 3})
+    counts = {}
+    for label in validation["label"]:
+        counts[label] = counts.get(label, 0) + 1
+    per_class = {label: full["label"].count(label) for label in set(full["label"])}
+    # round(0.25 * n) clips of every class, at least one, never all of them
+    assert counts == {label: min(max(1, round(0.25 * n)), n - 1) for label, n in per_class.items() if n > 1}
+    assert sorted([*train["item_index"], *validation["item_index"]]) == sorted(full["item_index"])
+    assert validation.column_names[-1] == "captions" and all(len(c) == 1 for c in validation["captions"])
+    again, _ = split_validation(full.shuffle(seed=1), 0.25, seed=3)
+    assert sorted(again["item_index"]) == sorted(train["item_index"])  # independent of row order
+    other, _ = split_validation(full, 0.25, seed=4)
+    assert sorted(other["item_index"]) != sorted(train["item_index"])
+
+
+@pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.1, "0.2", True, None])
+def test_bad_validation_fraction_is_named(shared_data, fraction):
+    from hf_mltm.training.data_factory import split_validation
+
+    full, _ = build_datasets({"root": str(shared_data), "train": [
+        {"builder": "esc50", "data_dir": "esc50", "split": "test", "args": {"esc10_only": True}}]})
+    with pytest.raises(ValueError, match=r"data.validation_fraction must be a number in \(0, 1\)"):
+        split_validation(full, fraction)

@@ -138,10 +138,11 @@ class MLTMLoss(nn.Module):
         solver = {"max_iter": config.ot_max_iter, "tol": config.ot_tol}
         if config.loss_type == "mltm":
             return mltm_loss(cost, config.ot_epsilon, item_ids=item_ids, normalization=config.cost_normalization,
-                             **solver)
+                             detach_scale=config.detach_cost_scale, **solver)
         if config.loss_type == "mltm_partial":
             return mltm_partial_loss(cost, config.ot_epsilon, config.partial_ot_mass, item_ids=item_ids,
-                                     normalization=config.cost_normalization, **solver)
+                                     normalization=config.cost_normalization,
+                                     detach_scale=config.detach_cost_scale, **solver)
         similarity = 1 - cost
         if config.loss_type == "triplet":
             hardest = config.triplet_hardest_negative and (step is None or step >= config.triplet_warmup_steps)

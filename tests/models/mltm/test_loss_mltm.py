@@ -36,6 +36,29 @@ def test_mltm_loss_module_equals_the_ot_loss_of_the_model_cost():
     torch.testing.assert_close(MLTMLoss.from_model(model)(outputs), expected)
 
 
+@pytest.mark.parametrize("loss_type", ["mltm", "mltm_partial"])
+def test_detach_cost_scale_reaches_the_ot_loss_and_changes_only_the_gradient(loss_type):
+    outputs = {k: v.requires_grad_(True) for k, v in embeddings(seed=2).items()}
+    losses, grads = [], []
+    for detach in (False, True):
+        model = tiny_model(metric_type="euclidean", ot_epsilon=0.1, loss_type=loss_type, detach_cost_scale=detach)
+        loss = MLTMLoss.from_model(model)(outputs)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, outputs["audio_embeds"])[0])
+    cost = euclidean_cost(outputs["audio_embeds"], outputs["text_embeds"])
+    expected = mltm_loss(cost, 0.1, normalization="batch_max", detach_scale=True, tol=1e-6) if loss_type == "mltm" \
+        else None
+    if expected is not None:
+        torch.testing.assert_close(losses[1], expected)
+    torch.testing.assert_close(losses[0], losses[1])
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_detach_cost_scale_must_be_a_boolean():
+    with pytest.raises(ValueError, match="detach_cost_scale must be true or false, got 'yes'"):
+        tiny_model(detach_cost_scale="yes")
+
+
 def test_infonce_uses_the_model_temperature_and_its_gradient():
     model = tiny_model(loss_type="infonce", temperature=0.1, learnable_temperature=True)
     outputs = embeddings()

@@ -82,9 +82,10 @@ CORRUPT_SUFFIX = ".corrupt"
 STALE_TEMP_SECONDS = 3600
 # Config entries that name where or with which library version a tower was loaded, not what it computes.
 # ``architectures`` and ``dtype``/``torch_dtype`` are replaced by facts: the class of the module that runs and
-# the dtypes of its tensors (part of the weight digest).
+# the dtypes of its tensors (part of the weight digest). ``auto_map`` (where the class lives, for trust_remote_code)
+# is added by ``save_pretrained``: a model and its saved copy compute the same thing.
 VOLATILE_CONFIG_KEYS = frozenset(
-    {"_name_or_path", "transformers_version", "_commit_hash", "architectures", "dtype", "torch_dtype"}
+    {"_name_or_path", "transformers_version", "_commit_hash", "architectures", "dtype", "torch_dtype", "auto_map"}
 )
 # Files changed this recently are hashed again on each call: on coarse-clock file systems an edit within the
 # same timestamp tick keeps (size, mtime_ns), so a memoised digest could be stale ("racy" entries, as in git).

@@ -67,20 +67,20 @@ def build_demo(service: SpaceService, examples: Examples | None = None) -> gr.Bl
     """The Gradio app of a `SpaceService`: four tabs, one endpoint per action.
 
     API endpoints (``gradio_client``): ``/search``, ``/add_clips``, ``/classify``, ``/explore``, ``/image_text``.
+    With a gallery index (``service.index``) tab 1 searches the index and has no upload box (no ``/add_clips``).
     """
     examples = examples or Examples()
     settings = service.gallery.settings
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nAudio-text model: {service.model_description or 'given in code'} "
-                    f"(gallery of {len(service.gallery)} clips).")
+                    f"({service.searched_description}).")
         user_clips = gr.State(None)
 
         with gr.Tab("Text → audio search", id="search"):
             with gr.Row():
                 query = gr.Textbox(label="What do you want to hear?", placeholder="a dog barking", scale=4,
                                    elem_id="query")
-                mode = gr.Radio([("distance", "distance"), ("transductive OT re-ranking", "ot")], value="distance",
-                                label="ranking", scale=2, elem_id="mode")
+                mode = gr.Radio(service.search_modes, value="distance", label="ranking", scale=2, elem_id="mode")
                 top_k = gr.Slider(1, 20, value=10, step=1, label="results", scale=1)
             search_button = gr.Button("Search", variant="primary", elem_id="search-button")
             search_status = gr.Markdown(elem_id="search-status")
@@ -89,10 +89,11 @@ def build_demo(service: SpaceService, examples: Examples | None = None) -> gr.Bl
             with gr.Row():
                 players = [gr.Audio(type="filepath", interactive=False, label=f"hit {i + 1}")
                            for i in range(service.players)]
-            with gr.Accordion("Add your own clips to the gallery (this visit only)", open=False):
-                uploads = gr.File(file_count="multiple", file_types=list(AUDIO_SUFFIXES), label="audio files")
-                add_button = gr.Button("Add to gallery")
-                add_status = gr.Markdown(elem_id="add-status")
+            if service.index is None:  # a saved index is fixed: visitors' clips cannot join it
+                with gr.Accordion("Add your own clips to the gallery (this visit only)", open=False):
+                    uploads = gr.File(file_count="multiple", file_types=list(AUDIO_SUFFIXES), label="audio files")
+                    add_button = gr.Button("Add to gallery")
+                    add_status = gr.Markdown(elem_id="add-status")
             gr.Examples(examples=[[text] for text in examples.queries], inputs=[query], label="example queries")
 
             def search(text: str, ranking: str, count: float, user: Any) -> list[Any]:
@@ -105,8 +106,9 @@ def build_demo(service: SpaceService, examples: Examples | None = None) -> gr.Bl
             search_button.click(friendly(search), [query, mode, top_k, user_clips], search_outputs, api_name="search")
             query.submit(friendly(search), [query, mode, top_k, user_clips], search_outputs,
                          api_visibility="private")
-            add_button.click(friendly(service.add_uploads), [uploads, user_clips], [add_status, user_clips],
-                             api_name="add_clips")
+            if service.index is None:
+                add_button.click(friendly(service.add_uploads), [uploads, user_clips], [add_status, user_clips],
+                                 api_name="add_clips")
 
         with gr.Tab("Audio → labels", id="labels"):
             with gr.Row():
@@ -236,6 +238,7 @@ def _drawn_picture() -> str:
 def build_service() -> tuple[SpaceService, Path | None, list[str]]:
     """The service from the settings (see `hf_mltm.space.loading`), the data folder and the paths the app may serve."""
     from hf_mltm.space import AudioGallery
+    from hf_mltm.space.gallery_index import load_index_setting
     from hf_mltm.space.loading import (
         data_dir,
         default_gallery_clips,
@@ -252,6 +255,8 @@ def build_service() -> tuple[SpaceService, Path | None, list[str]]:
     if not os.environ.get("HF_MLTM_SPACE_MODEL") and not on_a_space():
         ensure_demo_model(Path(source.location))
     model, processor = load_audio_text_model(source.location)
+    # HF_MLTM_SPACE_INDEX: checked against the model before the gallery is encoded, so a mismatch fails fast.
+    index = load_index_setting(model, processor, model_location=str(source.location))
     data = data_dir()
     clips = default_gallery_clips(data)
     print(f"hf_mltm Space: encoding a gallery of {len(clips)} clips (cached after the first start)...", flush=True)
@@ -260,7 +265,10 @@ def build_service() -> tuple[SpaceService, Path | None, list[str]]:
     roots = {str(Path(clip.audio).parent) for clip in clips}
     if data is not None:
         roots.add(str(data))
-    return SpaceService(gallery, explorer, model_description=source.description), data, sorted(roots)
+    if index is not None:
+        roots.update(index.audio_roots())
+    service = SpaceService(gallery, explorer, model_description=source.description, index=index)
+    return service, data, sorted(roots)
 
 
 def main() -> None:

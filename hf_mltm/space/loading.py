@@ -13,6 +13,9 @@ Settings (all optional locally; on a Hugging Face Space set them under *Settings
 - ``HF_MLTM_SPACE_CACHE``: the feature-cache root for gallery embeddings (default ``$HF_MLTM_CACHE/features``, the
   cache training fills, so clips a model was trained or evaluated on are not encoded again).
 - ``HF_MLTM_SPACE_THREADS``: torch threads per request (default 1; read by ``space/app.py``).
+- ``HF_MLTM_SPACE_INDEX``: a gallery index folder saved by ``scripts/index.py`` (`resolve_index_folder`); when set,
+  tab 1 searches it (`hf_mltm.space.gallery_index.IndexedGallery`) instead of the in-memory gallery. It must have been
+  built with the model of ``HF_MLTM_SPACE_MODEL``. Default: none.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "load_audio_text_model",
     "load_fragment_explorer",
     "resolve_audio_model",
+    "resolve_index_folder",
     "resolve_omit_model",
 ]
 
@@ -100,6 +104,24 @@ def resolve_omit_model(environ: Mapping[str, str] | None = None, *, trained_dir:
     if _is_model_folder(trained_dir):
         return ModelSource(str(trained_dir), f"`{trained_dir.name}`, trained by configs/flickr8k_omit_small.yaml")
     return ModelSource(None, "EfficientNet-Lite0 grid + all-MiniLM-L6-v2 towers with UNTRAINED projection heads")
+
+
+def resolve_index_folder(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The gallery index tab 1 searches: ``HF_MLTM_SPACE_INDEX`` (a folder saved by ``scripts/index.py``), or `None`
+    when the variable is unset or empty (search the in-memory gallery).
+
+    Raises:
+        SpaceSetupError: the setting is not a folder with an ``index.json``.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get("HF_MLTM_SPACE_INDEX", "").strip()
+    if not value:
+        return None
+    folder = Path(value).expanduser()
+    if not (folder / "index.json").is_file():
+        raise SpaceSetupError(f"HF_MLTM_SPACE_INDEX={value!r} is not a gallery index folder (no index.json there); "
+                              "give the --output_dir of scripts/index.py, or unset it to search the built-in gallery.")
+    return folder
 
 
 def _check_location(value: str, setting: str) -> str:

@@ -15,17 +15,29 @@ from typing import Any
 from PIL import Image
 
 from .audio_text import AudioGallery, UserClips, classify_clip
+from .gallery_index import INDEX_RANKING_LABELS, IndexedGallery, IndexHit
 from .image_text import PARTIAL_MATCHING_RULES, FragmentExplorer
 from .limits import DEFAULT_LIMITS, InputLimits, SpaceInputError, parse_lines, prepare_audio, prepare_image
 from .plots import grid_overlay, plan_heatmap
 
-__all__ = ["EXPLORER_COLUMNS", "LABEL_COLUMNS", "SCORE_COLUMNS", "SEARCH_COLUMNS", "SpaceService"]
+__all__ = [
+    "EXPLORER_COLUMNS",
+    "INDEX_SEARCH_MODES",
+    "LABEL_COLUMNS",
+    "SCORE_COLUMNS",
+    "SEARCH_COLUMNS",
+    "SEARCH_MODES",
+    "SpaceService",
+]
 
 SEARCH_COLUMNS = ["rank", "clip", "label", "source", "cost", "ranking score"]
 LABEL_COLUMNS = ["label", "probability", "cost", "prompt"]
 EXPLORER_COLUMNS = ["side", "name", "transported (%)", "left out (%)"]
 SCORE_COLUMNS = ["#", "OT score", "caption"]
 RANKING_LABELS = {"distance": "distance (cost)", "ot": "transductive OT re-ranking"}
+# The ranking radio of tab 1: (label shown, value), without and with a gallery index.
+SEARCH_MODES = [("distance", "distance"), ("transductive OT re-ranking", "ot")]
+INDEX_SEARCH_MODES = [("distance", "distance"), ("OT re-ranking (gallery potentials)", "ot")]
 
 
 def _count(number: int, noun: str) -> str:
@@ -47,6 +59,9 @@ class SpaceService:
         limits (`InputLimits`): the input limits.
         model_description (`str`): where the audio-text model comes from (shown in the UI).
         players (`int`, defaults to 5): how many of the top hits get an audio player.
+        index (`IndexedGallery`, *optional*): a saved gallery index (``HF_MLTM_SPACE_INDEX``); when given, text
+            search (tab 1) runs on it instead of on ``gallery``, and visitors cannot add clips. ``gallery`` still
+            serves the plan explorer (tab 3) and the examples.
     """
 
     gallery: AudioGallery
@@ -54,6 +69,7 @@ class SpaceService:
     limits: InputLimits = field(default_factory=lambda: DEFAULT_LIMITS)
     model_description: str = ""
     players: int = 5
+    index: IndexedGallery | None = None
 
     @property
     def sampling_rate(self) -> int:
@@ -61,6 +77,23 @@ class SpaceService:
         return int(self.gallery.processor.feature_extractor.sampling_rate)
 
     # -- tab 1: text -> audio ---------------------------------------------------------------------------------------
+
+    @property
+    def search_modes(self) -> list[tuple[str, str]]:
+        """The choices of the ranking control, ``(label, mode)``: distance and transductive OT over the in-memory
+        gallery; with an index, distance and OT re-ranking by its potentials (distance only when it has none)."""
+        if self.index is None:
+            return list(SEARCH_MODES)
+        return [choice for choice in INDEX_SEARCH_MODES if choice[1] in self.index.modes]
+
+    @property
+    def searched_description(self) -> str:
+        """What tab 1 searches, for the page header."""
+        if self.index is None:
+            return f"gallery of {len(self.gallery)} clips"
+        where = f" `{self.index.folder}`" if self.index.folder else ""
+        return (f"text search over the saved index{where} of {len(self.index)} clips; plan explorer over a gallery "
+                f"of {len(self.gallery)} clips")
 
     def add_uploads(self, files: Any, user: UserClips | None) -> tuple[str, UserClips]:
         """Add uploaded clips to this visitor's gallery.
@@ -72,6 +105,8 @@ class SpaceService:
         Returns:
             `(status, user)`: a Markdown status line (with trimming notices) and the visitor's clips.
         """
+        if self.index is not None:
+            raise SpaceInputError("This Space searches a saved gallery index; clips cannot be added to it.")
         if files is None or (isinstance(files, (list, tuple)) and not files):
             raise SpaceInputError("No clip to add: upload one or more audio files first.")
         files = files if isinstance(files, (list, tuple)) else [files]
@@ -90,11 +125,17 @@ class SpaceService:
             `(status, rows, players)`: a Markdown status line; table rows under `SEARCH_COLUMNS` (1-based rank,
             display name, label, source, cost and ranking score rounded to 4 digits); and for the first
             ``self.players`` hits ``(audio path, caption)`` pairs, padded with `None`.
+
+            With an index (``self.index``), the rows are `IndexedGallery.search`'s hits (``index.search``): the
+            source column holds the item's audio path (``"index row <row>"`` when it names none), and a hit whose
+            audio file is not on this machine gets `None` instead of a player.
         """
         try:
             top_k = int(top_k)
         except (TypeError, ValueError) as error:
             raise SpaceInputError(f"The number of results must be a whole number, got {top_k!r}.") from error
+        if self.index is not None:
+            return self._search_index(query, mode, top_k)
         hits = self.gallery.search(query, mode=mode, top_k=top_k, user=user, limits=self.limits)
         rows = [[hit.rank, hit.clip.display_name, hit.clip.label, hit.clip.source, _round(hit.cost),
                  _round(hit.score)] for hit in hits]
@@ -104,6 +145,23 @@ class SpaceService:
         total = len(self.gallery) + (len(user) if user is not None else 0)
         status = (f"Top {len(hits)} of {total} clips for “{' '.join(str(query).split())}”, ranked by "
                   f"{RANKING_LABELS[mode]}.")
+        return status, rows, players
+
+    def _search_index(self, query: Any, mode: str, top_k: int
+                      ) -> tuple[str, list[list[Any]], list[tuple[str, str] | None]]:
+        hits: list[IndexHit] = self.index.search(query, mode=mode, top_k=top_k, limits=self.limits)
+        rows = [[hit.rank, hit.display_name, hit.label, hit.location or f"index row {hit.row}", _round(hit.cost),
+                 _round(hit.score)] for hit in hits]
+        players: list[tuple[str, str] | None] = [
+            (hit.audio, f"{hit.rank}. {hit.display_name}") if hit.audio is not None else None
+            for hit in hits[: self.players]]
+        players += [None] * (self.players - len(players))
+        status = (f"Top {len(hits)} of {len(self.index)} indexed clips for “{' '.join(str(query).split())}”, ranked "
+                  f"by {INDEX_RANKING_LABELS[mode]}.")
+        missing = sum(hit.audio is None for hit in hits)
+        if missing:
+            status += (f" {_count(missing, 'hit')} {'has' if missing == 1 else 'have'} no audio file on this "
+                       "machine: shown by id and path only.")
         return status, rows, players
 
     # -- tab 2: audio -> labels ------------------------------------------------------------------------------------

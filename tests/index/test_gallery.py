@@ -214,3 +214,17 @@ def test_build_on_a_selection_keeps_rows_aligned_with_their_embeddings():
                   GalleryIndex.build(items.select(range(10, 20)), whole.space, embeddings=vectors[10:20])):
         hit = index.hits(index.search_embeddings(vectors[12:13], 1))[0][0]
         assert (hit.row, hit.item_id, hit.cost) == (2, "clip12", 0.0)
+
+
+def test_a_model_and_its_saved_copy_have_the_same_record(tokenizer, tmp_path):
+    from hf_mltm.index.gallery import model_record
+    from hf_mltm.models.mltm import MLTMAudioTextModel
+
+    model = tiny_model(tokenizer)
+    built = model_record(model)  # an index built before the model was ever saved
+    model.save_pretrained(tmp_path / "model")  # adds auto_map to the config
+    assert "auto_map" in json.loads((tmp_path / "model" / "config.json").read_text())
+    saved = model_record(MLTMAudioTextModel.from_pretrained(tmp_path / "model").eval())
+    assert (built["config_sha256"], built["fingerprint"]) == (saved["config_sha256"], saved["fingerprint"])
+    other = model_record(tiny_model(tokenizer, seed=1))
+    assert other["fingerprint"] != built["fingerprint"]

@@ -58,11 +58,34 @@ def _drop_connect(hidden_states: torch.Tensor, rate: float, training: bool) -> t
     return hidden_states * keep.to(hidden_states.dtype) / keep_prob
 
 
+def _is_inference(module: nn.Module) -> bool:
+    """Whether ``module`` runs in eval mode without autograd (under `torch.no_grad` or `torch.inference_mode`)."""
+    return not module.training and not torch.is_grad_enabled()
+
+
+def _fold_batch_norm(conv: nn.Conv2d, batch_norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``(C_out, C_in / groups, k, k)`` and bias ``(C_out,)`` of one convolution equal to ``conv`` then
+    ``batch_norm`` in eval mode: ``W * s`` and ``beta - mu * s`` (plus ``b * s`` for a conv bias), with
+    ``s = gamma / sqrt(var + eps)``.
+
+    Computed on every call (about a millisecond for Lite0's 3.4 M parameters), so weights loaded or changed later
+    are always the ones used; nothing is stored on the module.
+    """
+    scale = batch_norm.weight * torch.rsqrt(batch_norm.running_var + batch_norm.eps)  # (C_out,)
+    bias = batch_norm.bias - batch_norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale[:, None, None, None], bias
+
+
 class EfficientNetLiteConvLayer(nn.Module):
     """Convolution with TensorFlow "same" padding for a fixed input size, BatchNorm, then the activation (or none).
 
     Symmetric padding is given to the convolution itself; an asymmetric one (a strided convolution on an even
     size) is applied with `F.pad` first.
+
+    Inference (eval mode with autograd off): the BatchNorm is folded into the convolution and a ReLU/ReLU6 runs in
+    place; the output equals that of the eval-mode modules up to float32 rounding.
     """
 
     def __init__(
@@ -101,7 +124,16 @@ class EfficientNetLiteConvLayer(nn.Module):
         """Map ``(B, C_in, s, s)`` to ``(B, C_out, ceil(s / stride), ceil(s / stride))``."""
         if self.pad is not None:
             hidden_states = F.pad(hidden_states, self.pad)
-        return self.activation(self.normalization(self.convolution(hidden_states)))
+        if not _is_inference(self):
+            return self.activation(self.normalization(self.convolution(hidden_states)))
+        conv = self.convolution
+        weight, bias = _fold_batch_norm(conv, self.normalization)
+        out = F.conv2d(hidden_states, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if isinstance(self.activation, nn.ReLU6):
+            return F.hardtanh_(out, 0.0, 6.0)
+        if isinstance(self.activation, nn.ReLU):
+            return out.relu_()
+        return self.activation(out)
 
 
 class EfficientNetLiteBlock(GradientCheckpointingLayer):
@@ -241,7 +273,9 @@ class EfficientNetLiteModel(EfficientNetLitePreTrainedModel):
     Inputs are normalised as the TensorFlow checkpoints were trained, ``(v - 127) / 128`` for uint8 pixel values
     ``v``: `OMITImageProcessor.for_efficientnet_lite()`. In training mode BatchNorm uses batch statistics and
     stochastic depth is active, as in the reference; call ``.eval()`` (as ``from_pretrained`` does) to use the
-    running statistics of a frozen tower.
+    running statistics of a frozen tower. In eval mode without autograd (`torch.no_grad`, `torch.inference_mode`)
+    every BatchNorm is folded into its convolution and the network runs channels-last (about 2x faster on CPU); the
+    outputs equal the module-by-module path up to float32 rounding and are returned contiguous.
 
     Example:
 
@@ -295,10 +329,20 @@ class EfficientNetLiteModel(EfficientNetLitePreTrainedModel):
         self._check_pixel_values(pixel_values)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        stem_output = self.stem(pixel_values.to(self.dtype))  # (B, C_stem, ceil(H/2), ceil(W/2))
+        pixel_values = pixel_values.to(self.dtype)
+        inference = _is_inference(self)
+        if inference:
+            # oneDNN convolves channels-last tensors without reordering them around every convolution (for
+            # depthwise convolutions this is most of the time); the outputs are made contiguous again below.
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        stem_output = self.stem(pixel_values)  # (B, C_stem, ceil(H/2), ceil(W/2))
         hidden_states, stage_outputs = self.encoder(stem_output, output_hidden_states)
         feature_map = self.head(hidden_states)  # (B, D, h, w)
         all_hidden_states = (stem_output, *stage_outputs, feature_map) if output_hidden_states else None
+        if inference:
+            feature_map = feature_map.contiguous()
+            if all_hidden_states is not None:
+                all_hidden_states = tuple(state.contiguous() for state in all_hidden_states[:-1]) + (feature_map,)
         return BaseModelOutputWithPoolingAndNoAttention(
             last_hidden_state=feature_map,
             pooler_output=feature_map.mean(dim=(2, 3)),  # (B, D)

@@ -23,6 +23,8 @@ from .configuration_panns import PannsConfig
 
 __all__ = ["PannsModel", "PannsPreTrainedModel"]
 
+INFERENCE_BLOCKS_PER_CALL = 8  # block mode without autograd: blocks embedded per CNN call
+
 
 def _keep_mask(lengths: torch.LongTensor, size: int) -> torch.BoolTensor:
     """``(B, size)`` mask, true at positions ``< lengths``."""
@@ -43,6 +45,43 @@ def _mask_time(hidden_states: torch.Tensor, lengths: torch.LongTensor | None) ->
 def _divide_lengths(lengths: torch.LongTensor | None, factor: int) -> torch.LongTensor | None:
     """Valid time steps after a pooling of ``factor`` (floor, as ``avg_pool2d``/``max_pool2d``)."""
     return None if lengths is None else torch.div(lengths, factor, rounding_mode="floor")
+
+
+def _is_inference(module: nn.Module) -> bool:
+    """Whether ``module`` runs in eval mode without autograd (under `torch.no_grad` or `torch.inference_mode`)."""
+    return not module.training and not torch.is_grad_enabled()
+
+
+def _fold_batch_norm(conv: nn.Conv2d, batch_norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``(C_out, C_in, k, k)`` and bias ``(C_out,)`` of one convolution equal to ``conv`` then ``batch_norm``
+    in eval mode: ``W * s`` and ``beta - mu * s`` (plus ``b * s`` for a conv bias), ``s = gamma / sqrt(var + eps)``.
+
+    Computed on every call (a few milliseconds for aisfx's 4.7 M parameters), so weights loaded or changed later are
+    always the ones used; nothing is stored on the module.
+    """
+    scale = batch_norm.weight * torch.rsqrt(batch_norm.running_var + batch_norm.eps)  # (C_out,)
+    bias = batch_norm.bias - batch_norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale[:, None, None, None], bias
+
+
+def _conv3x3_channels_last(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """3x3 convolution with zero padding 1 of ``(B, C_in, t, m)``, returned in channels-last memory (same shape).
+
+    oneDNN convolves channels-last tensors without the layout reorders it makes around every NCHW convolution. A
+    one-channel input (the first layer) runs at about 1 GFLOP/s through oneDNN, so it is computed as a matrix
+    product of its 9 shifted copies instead (``F.unfold``), whose ``(B, t * m, C_out)`` result is the channels-last
+    output.
+    """
+    if hidden_states.shape[1] == 1:
+        batch_size, _, num_frames, num_mels = hidden_states.shape
+        columns = F.unfold(hidden_states, kernel_size=3, padding=1)  # (B, 9, t * m)
+        out = torch.matmul(columns.transpose(1, 2), weight.reshape(weight.shape[0], 9).T)  # (B, t * m, C_out)
+        out += bias
+        return out.view(batch_size, num_frames, num_mels, -1).permute(0, 3, 1, 2)  # (B, C_out, t, m)
+    hidden_states = hidden_states.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(hidden_states, weight.contiguous(memory_format=torch.channels_last), bias, padding=1)
 
 
 def _drop_stripes(
@@ -91,6 +130,10 @@ class PannsConvBlock(GradientCheckpointingLayer):
 
     With ``lengths`` given, time steps at or beyond them are zeroed before each convolution, so a padded clip
     gives exactly the values of the unpadded clip at its valid positions.
+
+    Inference (eval mode with autograd off): each BatchNorm is folded into its convolution, the convolutions run in
+    channels-last memory and the ReLUs in place (`_inference_forward`); the output equals that of the eval-mode
+    modules up to float32 rounding (about 1e-6 relative).
     """
 
     def __init__(
@@ -107,12 +150,27 @@ class PannsConvBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None = None) -> torch.Tensor:
         """Map ``(B, C_in, t, m)`` to ``(B, C_out, t // pool, m // pool)``; ``lengths`` ``(B,)`` counts valid t."""
+        if _is_inference(self):
+            return self._inference_forward(hidden_states, lengths)
         hidden_states = F.relu(self.bn1(self.conv1(_mask_time(hidden_states, lengths))))
         hidden_states = F.relu(self.bn2(self.conv2(_mask_time(hidden_states, lengths))))
-        if self.pool_size > 1:
-            pool = F.avg_pool2d if self.pool_type == "avg" else F.max_pool2d
-            hidden_states = pool(hidden_states, kernel_size=self.pool_size)
-        return self.dropout(hidden_states)
+        return self.dropout(self._pool(hidden_states))
+
+    def _pool(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.pool_size == 1:
+            return hidden_states
+        pool = F.avg_pool2d if self.pool_type == "avg" else F.max_pool2d
+        return pool(hidden_states, kernel_size=self.pool_size)
+
+    def _inference_forward(self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None) -> torch.Tensor:
+        """`forward` in eval mode without autograd: folded BatchNorms, channels-last output (dropout is off)."""
+        weight, bias = _fold_batch_norm(self.conv1, self.bn1)
+        hidden_states = _conv3x3_channels_last(_mask_time(hidden_states, lengths), weight, bias).relu_()
+        weight, bias = _fold_batch_norm(self.conv2, self.bn2)
+        hidden_states = _conv3x3_channels_last(_mask_time(hidden_states, lengths), weight, bias)
+        if self.pool_type == "max":  # ReLU commutes with max pooling: apply it to the 4x smaller output
+            return self._pool(hidden_states).relu_()
+        return self._pool(hidden_states.relu_())
 
 
 class PannsResNetShortcut(nn.Module):
@@ -283,6 +341,10 @@ class PannsModel(PannsPreTrainedModel):
     clip of its own and the clip embedding is the mean of its block embeddings. ``last_hidden_state`` is then the
     block embeddings ``(B, N, H)``, zero for blocks beyond a clip's count.
 
+    Inference: in eval mode without autograd (`torch.no_grad`, `torch.inference_mode`) the conv blocks fold their
+    BatchNorms into the convolutions and run channels-last, and block mode embeds `INFERENCE_BLOCKS_PER_CALL` blocks
+    per call; outputs equal the module-by-module path up to float32 rounding (about 1e-6 relative).
+
     Example:
 
     ```python
@@ -433,7 +495,15 @@ class PannsModel(PannsPreTrainedModel):
         input_features = F.pad(input_features, (0, 0, 0, padded_frames - num_frames))  # zeros, as aisfx
         blocks = input_features.unfold(1, block, hop)[:, :max_blocks].transpose(2, 3)  # (B, N, block, M)
         valid = _keep_mask(num_blocks, max_blocks)  # (B, N)
-        _, block_embeddings = self._embed_clips(blocks[valid], None)  # (valid blocks, H)
+        blocks = blocks[valid]  # (valid blocks, block, M)
+        if _is_inference(self):
+            # A few blocks per call keep each layer's activations in cache (7-10 % faster than one call for 48
+            # aisfx blocks on one thread); the result is the same, every block is embedded on its own.
+            block_embeddings = torch.cat(
+                [self._embed_clips(chunk, None)[1] for chunk in blocks.split(INFERENCE_BLOCKS_PER_CALL)]
+            )
+        else:
+            _, block_embeddings = self._embed_clips(blocks, None)  # (valid blocks, H)
         block_states = block_embeddings.new_zeros(batch_size, max_blocks, block_embeddings.shape[-1])
         block_states[valid] = block_embeddings  # (B, N, H)
         pooled = block_states.sum(dim=1) / num_blocks[:, None].to(block_states.dtype)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from hf_mltm.models.efficientnet_lite import EfficientNetLiteConfig, EfficientNetLiteModel
 from hf_mltm.models.panns import PannsConfig, PannsModel, modeling_panns
+from tests.utils import randomise_batch_norms
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "towers.py"
 
@@ -27,17 +28,6 @@ def load_benchmark():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def randomise_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, so folding them is exercised; returns ``model``."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0.0, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_(0.0, 0.2)
-    return model.eval()
 
 
 # --- the benchmark --------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from hf_mltm.models.efficientnet_lite import (
 )
 from hf_mltm.models.efficientnet_lite.modeling_efficientnet_lite import _drop_connect, tf_same_padding
 from hf_mltm.models.omit.configuration_omit import vision_hidden_size
-from tests.utils import load_script
+from tests.utils import load_script, randomise_batch_norms
 
 convert = load_script("convert_efficientnet_lite_checkpoint")
 
@@ -70,16 +70,6 @@ class EfficientNetLiteModelTester:
         assert [state.shape[1] for state in output.hidden_states] == config.hidden_sizes == [8, 16, 16, 32]
         assert [state.shape[2] for state in output.hidden_states] == [16, 16, 8, 8]
         assert output.hidden_states[-1] is output.last_hidden_state
-
-
-def randomise_batch_norms(model: torch.nn.Module) -> None:
-    """Non-trivial BatchNorm statistics and affine parameters, so eval-mode tests exercise them."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0.0, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_(0.0, 0.2)
 
 
 def eval_model(config: EfficientNetLiteConfig) -> EfficientNetLiteModel:

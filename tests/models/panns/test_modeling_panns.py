@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel
 
 from hf_mltm.models.panns import PannsConfig, PannsModel
 from hf_mltm.models.panns.modeling_panns import PannsSpecAugment
+from tests.utils import randomise_batch_norms
 
 TINY_CHANNELS = {
     "cnn10": [4, 8, 8, 16],
@@ -28,16 +29,6 @@ def tiny_config(variant: str, **overrides) -> PannsConfig:
     if variant == "aisfx9" and "block_frames" not in overrides:
         settings.update(block_frames=24, block_hop_frames=12)  # aisfx's 100/50 scaled down
     return PannsConfig(**{**settings, **overrides})
-
-
-def randomise_batch_norms(model: torch.nn.Module) -> None:
-    """Non-trivial BatchNorm statistics and affine parameters, so eval-mode tests exercise them."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.normal_(0.0, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.normal_(0.0, 0.2)
 
 
 def eval_model(config: PannsConfig) -> PannsModel:

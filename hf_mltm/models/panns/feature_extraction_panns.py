@@ -56,6 +56,11 @@ AISFX_FRONTEND = {
 """Constructor settings of the aisfx front-end: ``PannsFeatureExtractor(**AISFX_FRONTEND)``."""
 
 
+# Keyword arguments the transformers base classes accept or write into saved feature-extractor configs.
+_BASE_CONFIG_KEYS = frozenset({"return_attention_mask", "padding_side", "feature_extractor_type", "processor_class",
+                               "auto_map", "_processor_class"})
+
+
 class PannsFeatureExtractor(SequenceFeatureExtractor):
     r"""Turns waveforms into log-mel spectrograms ``(B, T, M)`` and a frame mask ``(B, T)``.
 
@@ -157,6 +162,14 @@ class PannsFeatureExtractor(SequenceFeatureExtractor):
         pad_mode: str = "reflect",
         **kwargs,
     ):
+        from hf_mltm.validation import check_known_keys, keyword_names
+
+        # The base class stores any keyword as an attribute: a misspelt setting (num_mel_bins for feature_size) would
+        # be kept and ignored. Only the entries transformers itself writes into saved configs pass through.
+        unknown = set(kwargs) - _BASE_CONFIG_KEYS
+        if unknown:
+            check_known_keys(sorted(unknown), (keyword_names(PannsFeatureExtractor.__init__) - {"self", "kwargs"})
+                             | _BASE_CONFIG_KEYS, f"{type(self).__name__}() arguments")
         super().__init__(
             feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs
         )

@@ -189,3 +189,16 @@ def test_tensor_clip_on_any_float_dtype_equals_numpy(dog):
     expected = extractor(waveform[:32000].astype(np.float64), sampling_rate=rate)["input_features"]
     got = extractor(torch.from_numpy(waveform[:32000].copy()), sampling_rate=rate)["input_features"]
     np.testing.assert_array_equal(got, expected)
+
+
+def test_unknown_keyword_arguments_are_refused_naming_them_and_saved_configs_still_load(tmp_path):
+    from hf_mltm.models.mltm import MLTMFeatureExtractor
+
+    with pytest.raises(ValueError, match=r"MLTMFeatureExtractor\(\) arguments: unknown key 'num_mel_bins'.*'feature_size'"):
+        MLTMFeatureExtractor(num_mel_bins=16)
+    with pytest.raises(ValueError, match=r"unknown key 'hop_lenght' \(did you mean 'hop_length'\?\)"):
+        PannsFeatureExtractor(hop_lenght=160)
+    extractor = MLTMFeatureExtractor(feature_size=16, return_attention_mask=True)
+    extractor.save_pretrained(tmp_path)  # writes feature_extractor_type, padding_side, ...
+    loaded = MLTMFeatureExtractor.from_pretrained(tmp_path)
+    assert loaded.feature_size == 16 and loaded.to_dict() == extractor.to_dict()

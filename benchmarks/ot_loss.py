@@ -17,18 +17,22 @@ implementation differs:
 
 Peers (``run_peers``): GeomLoss (``SamplesLoss``, tensorized backend) and OTT-JAX (CPU jax) against ours on the same
 entropic problem (normalised cost, epsilon 0.05, uniform marginals, marginal error about 1e-6), the solve alone and the
-loss + gradient, at b = 256 (``--quick``) or 256, 1024 and 4096, timed round-robin; the parameter mapping is in the
-docstrings of :class:`GeomLossPeer` and :class:`OTTPeer` and in docs/benchmarks.md. Needs ``geomloss==0.3.1``,
-``ott-jax==0.6.0`` and ``jax``.
+loss + gradient, at b = 256 (``--quick``), 256, 1024 and 4096 (full run) or the sizes of ``--peer_sizes``, timed
+round-robin; the parameter mapping is in the docstrings of :class:`GeomLossPeer` and :class:`OTTPeer` and in
+docs/benchmarks.md. Every GeomLoss call is capped at ``--peer_time_cap`` seconds (default 120): a call that has not
+finished by then is stopped between two of its iterations and the row records "did not finish in N s" with the
+iterations it had done (see :class:`GeomLossTimeout`). Needs ``geomloss==0.3.1``, ``ott-jax==0.6.0`` and ``jax``.
 
 Also times the AudioCaps-size test ranking (957 clips x 4785 captions, d = 1024) from embeddings in both ranking modes.
 Peak memory (MB above the resident size before the call) comes from a fresh child process per configuration (see
 ``_measure.py``).
 
-Usage: ``python benchmarks/ot_loss.py [--quick]``; writes ``benchmarks/results/ot_loss.json`` (``ot_loss_quick.json``
-with ``--quick``), prints a markdown table and, last, one line
+Usage: ``python benchmarks/ot_loss.py [--quick] [--peer_sizes B [B ...]] [--peers_only] [--peer_time_cap S]
+[--threads N] [--only KEY [KEY ...]]``; writes ``benchmarks/results/ot_loss.json`` (``ot_loss_quick.json`` with
+``--quick``, ``ot_peers.json`` with ``--peers_only``, ``ot_loss_only.json`` with ``--only``), prints a markdown table and, last, one line
 ``speedup_ref_b256=<x> speedup_potlog_b256=<y> speedup_partial_b256=<z> speedup_geomloss_b256=<g> speedup_ott_b256=<o>``
-(the last two: loss + gradient, peer time over ours).
+(the last two: loss + gradient, peer time over ours; ``-`` where a row is missing, e.g. GeomLoss past its time cap or
+the loss rows with ``--peers_only``).
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -133,6 +139,37 @@ def run_pot_partial(audio, text, metric):
 # whose gradient in C is (T - P*) / eps by the envelope theorem: each peer's own gradient of its OT value gives it.
 TOL = 1e-6
 PEER_BATCHES = (256, 1024, 4096)
+PEER_TIME_CAP_S = 120.0
+
+
+class GeomLossTimeout(RuntimeError):
+    """A GeomLoss call stopped at its time cap, after ``done`` of its ``total`` iterations (``elapsed_s`` seconds)."""
+
+    def __init__(self, done: int, total: int, elapsed_s: float) -> None:
+        super().__init__(f"GeomLoss stopped after {done} of {total} iterations ({elapsed_s:.1f} s)")
+        self.done, self.total, self.elapsed_s = done, total, elapsed_s
+
+    def describe(self, cap_s: float) -> str:
+        """The row text: the cap, the iterations done and the time the whole call would take at that rate."""
+        estimate = self.elapsed_s * self.total / max(self.done, 1)
+        return (f"did not finish in {cap_s:g} s ({self.done} of {self.total} iterations done; about {estimate:.3g} s "
+                "for the call, extrapolated at that rate)")
+
+
+class _CappedSchedule(list):
+    """GeomLoss's epsilon list (its loop runs ``for i, eps in enumerate(eps_list)``) that raises
+    :class:`GeomLossTimeout` before an iteration once ``deadline`` (a ``time.perf_counter`` value) has passed."""
+
+    def __init__(self, values: list, start: float, deadline: float) -> None:
+        super().__init__(values)
+        self.start, self.deadline = start, deadline
+
+    def __iter__(self):
+        for done, value in enumerate(super().__iter__()):
+            now = time.perf_counter()
+            if now > self.deadline:
+                raise GeomLossTimeout(done, len(self), now - self.start)
+            yield value
 
 
 def marginal_error(plan: torch.Tensor) -> float:
@@ -165,15 +202,21 @@ class GeomLossPeer:
     GeomLoss (it pays no convergence checks).
     """
 
-    def __init__(self, final_iterations: int = 0) -> None:
+    def __init__(self, final_iterations: int = 0, time_cap_s: float | None = None) -> None:
         import geomloss._legacy.sinkhorn_samples as tensorized  # the tensorized backend's module
 
-        self.tensorized, self.final_iterations = tensorized, final_iterations
+        if time_cap_s is not None and not time_cap_s > 0:
+            raise ValueError(f"time_cap_s must be a positive number of seconds or None, got {time_cap_s!r}")
+        self.tensorized, self.final_iterations, self.time_cap_s = tensorized, final_iterations, time_cap_s
         self.original = tensorized.scaling_parameters
+        self.start = 0.0
 
     def _schedule(self, *args):
         diameter, eps, eps_list, rho = self.original(*args)
-        return diameter, eps, list(eps_list) + [eps] * self.final_iterations, rho
+        eps_list = list(eps_list) + [eps] * self.final_iterations
+        if self.time_cap_s is not None:
+            eps_list = _CappedSchedule(eps_list, self.start, self.start + self.time_cap_s)
+        return diameter, eps, eps_list, rho
 
     def potentials(self, x: torch.Tensor, y: torch.Tensor, cost=None) -> tuple[torch.Tensor, torch.Tensor]:
         from geomloss import SamplesLoss
@@ -182,10 +225,13 @@ class GeomLossPeer:
         loss = SamplesLoss("sinkhorn", p=1, blur=EPSILON, diameter=1.0, scaling=0.5, cost=cost, debias=False,
                            potentials=True, backend="tensorized")
         self.tensorized.scaling_parameters = self._schedule
+        grad_enabled = torch.is_grad_enabled()
+        self.start = time.perf_counter()
         try:
             f, g = loss(weights, x[None], weights, y[None])
         finally:
             self.tensorized.scaling_parameters = self.original
+            torch.set_grad_enabled(grad_enabled)  # its loop switches gradients off and on globally
         return f[0], g[0]
 
     def solve(self, cost: torch.Tensor) -> torch.Tensor:
@@ -248,6 +294,12 @@ class OTTPeer:
             return jnp.log(batch) + (jnp.trace(cost) / batch - solve(cost).reg_ot_cost) / EPSILON
 
         self.solve_jit = jax.jit(lambda cost: solve(cost).matrix)
+
+        def solve_counted(cost):
+            output = solve(cost)
+            return output.matrix, output.n_iters
+
+        self.solve_counted_jit = jax.jit(solve_counted)  # untimed: the plan and the iteration count
         self.loss_jit = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
 
     def solve(self, cost) -> object:
@@ -259,32 +311,45 @@ class OTTPeer:
         return float(value)
 
 
-def calibrate_geomloss(cost: torch.Tensor, target: float, start: int = 400, limit: int = 6400) -> tuple[int, float]:
+def calibrate_geomloss(cost: torch.Tensor, target: float, time_cap_s: float | None = None,
+                       fallback: int | None = None, start: int = 400, limit: int = 6400) -> int:
     """The fewest appended final iterations (doubling from ``start``) whose plan has marginal error <= ``target``;
     when the error stalls first (float32 round-off of GeomLoss's averaged log-sum-exp updates, about 1.5e-6 at
-    b = 256), the count where it stalled."""
+    b = 256), the count where it stalled. Each calibration call is capped at ``time_cap_s``: when one does not
+    finish, the last count that did is returned, or ``fallback`` (the count of a smaller b) when none did."""
     final, previous = start, None
     while True:
-        error = marginal_error(GeomLossPeer(final).solve(cost))
+        try:
+            error = marginal_error(GeomLossPeer(final, time_cap_s).solve(cost))
+        except GeomLossTimeout as stop:
+            chosen = previous[0] if previous is not None else fallback if fallback is not None else final
+            print(f"geomloss calibration: {final} final iterations {stop}; using {chosen}", flush=True)
+            return chosen
         print(f"geomloss calibration: {final} final iterations, marginal error {error:.2e}", flush=True)
         if previous is not None and error > 0.8 * previous[1]:
-            return previous
+            return previous[0]
         if error <= target or final >= limit:
-            return final, error
+            return final
         final, previous = final * 2, (final, error)
 
 
 def peer_runs(cost, inputs, geomloss_peer, ott_peer, cost_jax, inputs_jax) -> tuple[dict, dict]:
     """The timed calls of one batch size: ``({method: solve}, {method: loss + gradient})``."""
-    solves = {"ours": lambda: sinkhorn(None, None, cost, EPSILON, tol=TOL),
+    solves = {"ours": lambda: sinkhorn(None, None, cost, EPSILON, tol=TOL).plan,
               "geomloss": lambda: geomloss_peer.solve(cost), "ott": lambda: ott_peer.solve(cost_jax)}
     losses = {"ours": lambda: run_ours(*inputs), "geomloss": lambda: geomloss_peer.loss(*inputs),
               "ott": lambda: ott_peer.loss(*inputs_jax)}
     return solves, losses
 
 
-def run_peers(batches, repeats: int) -> list[dict]:
-    """Solve and loss + gradient rows for ours, GeomLoss and OTT-JAX at each batch size, timed round-robin."""
+def run_peers(batches, repeats: int, time_cap_s: float = PEER_TIME_CAP_S) -> list[dict]:
+    """Solve and loss + gradient rows for ours, GeomLoss and OTT-JAX at each batch size, timed round-robin.
+
+    Every method is warmed up once per batch size and kind (OTT-JAX compiles there). GeomLoss's warm-up call is capped
+    at ``time_cap_s`` seconds; when it does not finish, GeomLoss gets a ``skipped`` row ("did not finish in N s", with
+    the iterations done and the extrapolated time of the call) and the round-robin times the other two. Its solve's
+    warm-up also gives its marginal error. Rounds: ``repeats`` below b = 1024, 3 at b = 1024, 1 from b = 4096 on.
+    """
     import numpy as np
 
     ott_peer = OTTPeer()
@@ -293,20 +358,40 @@ def run_peers(batches, repeats: int) -> list[dict]:
         cost, inputs = peer_cost(batch)
         ours = sinkhorn(None, None, cost, EPSILON, tol=TOL)
         ours_error = marginal_error(ours.plan)
-        if final_iterations is None or batch <= 1024:  # calibration at b = 4096 would take minutes
-            final_iterations, _ = calibrate_geomloss(cost, ours_error)
-        geomloss_peer = GeomLossPeer(final_iterations)
+        if final_iterations is None or batch <= 1024:  # calibration at b = 4096 would take many minutes
+            final_iterations = calibrate_geomloss(cost, ours_error, time_cap_s, final_iterations)
+        geomloss_peer = GeomLossPeer(final_iterations, time_cap_s)
         cost_jax = ott_peer.jnp.asarray(cost.numpy())
         inputs_jax = [ott_peer.jnp.asarray(t.detach().numpy()) for t in (inputs[0], inputs[1], inputs[2].weight)]
-        errors = {
-            "ours": (ours_error, ours.n_iter),
-            "geomloss": (marginal_error(geomloss_peer.solve(cost)), final_iterations),
-            "ott": (marginal_error(torch.from_numpy(np.asarray(ott_peer.solve(cost_jax)))), None),
-        }
+        ott_plan, ott_iterations = ott_peer.solve_counted_jit(cost_jax)
+        errors = {"ours": (ours_error, ours.n_iter),
+                  "ott": (marginal_error(torch.from_numpy(np.asarray(ott_plan))), int(ott_iterations))}
         solves, losses = peer_runs(cost, inputs, geomloss_peer, ott_peer, cost_jax, inputs_jax)
-        slow = batch >= 4096
+        rounds = 1 if batch >= 4096 else 3 if batch >= 1024 else repeats
+        geomloss_stopped = None
         for kind, runs in (("solve", solves), ("loss", losses)):
-            stats = measure_interleaved(runs, 1 if slow else repeats, warmup=1)
+            geomloss_peer.time_cap_s = time_cap_s  # the warm-up is capped, the timed calls are not
+            reason = None
+            if geomloss_stopped is not None:
+                reason = f"not run: its solve {geomloss_stopped}"
+            else:
+                try:
+                    result = runs["geomloss"]()
+                except GeomLossTimeout as stop:
+                    geomloss_stopped = reason = stop.describe(time_cap_s)
+                else:
+                    if kind == "solve":
+                        errors["geomloss"] = (marginal_error(result), final_iterations)
+            if reason is not None:
+                del runs["geomloss"]
+                rows.append({"key": f"peer_{kind}:geomloss:{batch}", "method": f"geomloss_{kind}", "batch": str(batch),
+                             "median_s": None, "skipped": reason, "final_iterations": final_iterations,
+                             "peak_mb": None})
+                print(f"{'geomloss_' + kind:32s} {batch:>9d}   {reason}", flush=True)
+            geomloss_peer.time_cap_s = None
+            for name in runs.keys() - {"geomloss"}:
+                runs[name]()  # warm-up
+            stats = measure_interleaved(runs, rounds, warmup=0)
             for name, row in stats.items():
                 error, n_iter = errors[name]
                 row.update(key=f"peer_{kind}:{name}:{batch}", method=f"{name}_{kind}", batch=str(batch),
@@ -358,12 +443,26 @@ def job(key: str):
     return ranking_job(first, second)
 
 
-def run_benchmarks(quick: bool) -> list[dict]:
+def benchmark_keys(quick: bool) -> list[str]:
+    """The job keys of the loss and ranking rows (``loss:<method>:<b>``, ``ranking:<mode>:<direction>``, ...)."""
     batches = [256] if quick else [64, 256, 1024]
     keys = [f"loss:{name}:{batch}" for batch in batches for name in METHODS]
     keys += ["loss:ours:4096"] + [f"ranking:{mode}:{direction}" for mode in ("distance", "ot") for direction in DIRECTIONS]
     if not quick:
         keys += [f"large_ranking:{mode}:text_to_audio" for mode in ("distance", "ot")]
+    return keys
+
+
+def run_benchmarks(quick: bool, peer_sizes=None, peers_only: bool = False,
+                   peer_time_cap_s: float = PEER_TIME_CAP_S, only=None) -> list[dict]:
+    """The loss and ranking rows (unless ``peers_only``; only the keys in ``only`` when given, then without peer
+    rows), then the peer rows at ``peer_sizes`` (default: b = 256 with ``quick``, else :data:`PEER_BATCHES`)."""
+    if peer_sizes is None:
+        peer_sizes = (256,) if quick else PEER_BATCHES
+    peer_repeats = 5 if quick else 7
+    if peers_only:
+        return run_peers(peer_sizes, peer_repeats, peer_time_cap_s)
+    keys = benchmark_keys(quick) if only is None else list(only)
     rows = []
     for key in keys:
         kind, first, second = key.split(":")
@@ -386,7 +485,7 @@ def run_benchmarks(quick: bool) -> list[dict]:
     for row in rows:
         measured = "skipped" not in row and (not quick or row["key"] in quick_memory)
         row["peak_mb"] = memory_child(row["key"]) if measured else None
-    return rows + run_peers((256,) if quick else PEER_BATCHES, 5 if quick else 7)
+    return rows if only is not None else rows + run_peers(peer_sizes, peer_repeats, peer_time_cap_s)
 
 
 def markdown_table(rows) -> str:
@@ -395,27 +494,65 @@ def markdown_table(rows) -> str:
         if "skipped" in row:
             lines.append(f"| {row['method']} | {row['batch']} | {row['skipped']} | - | - |")
             continue
-        peak = "-" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}"
+        peak = "-" if row.get("peak_mb") is None else f"{row['peak_mb']:.0f}"
         error = f"{row['marginal_error']:.1e}" if "marginal_error" in row else "-"
         lines.append(f"| {row['method']} | {row['batch']} | {row['median_s'] * 1e3:.1f} | {peak} | {error} |")
     return "\n".join(lines)
 
 
-def speedup(rows, slow, fast, batch="256"):
+def speedup(rows, slow, fast, batch="256") -> float | None:
+    """``slow``'s median time over ``fast``'s at ``batch``; None when either row is missing or was skipped."""
     times = {row["method"]: row["median_s"] for row in rows if row["batch"] == batch}
+    if times.get(slow) is None or times.get(fast) is None:
+        return None
     return times[slow] / times[fast]
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` naming the bad command-line option."""
+    if args.peer_sizes is not None and any(size < 2 for size in args.peer_sizes):
+        raise ValueError(f"--peer_sizes must be batch sizes of at least 2, got {args.peer_sizes}")
+    if not args.peer_time_cap > 0:  # also rejects NaN
+        raise ValueError(f"--peer_time_cap must be a positive number of seconds, got {args.peer_time_cap}")
+    known = set(benchmark_keys(False)) | set(benchmark_keys(True))
+    unknown = sorted(set(args.only or ()) - known)
+    if unknown:
+        raise ValueError(f"--only got unknown row keys {unknown}; choose from {sorted(known)}")
+    if args.only is not None and (args.peers_only or args.peer_sizes is not None):
+        raise ValueError("--only runs no peer rows; drop --peers_only / --peer_sizes or run them separately")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="b = 256 and one b = 4096 run of ours, few repeats")
+    parser.add_argument("--peer_sizes", type=int, nargs="+", metavar="B",
+                        help="batch sizes of the GeomLoss / OTT-JAX peer rows (default: 256 with --quick, else 256 "
+                             "1024 4096)")
+    parser.add_argument("--peers_only", action="store_true",
+                        help="only the peer rows (no loss or ranking rows); writes results/ot_peers.json")
+    parser.add_argument("--peer_time_cap", type=float, default=PEER_TIME_CAP_S, metavar="S",
+                        help="seconds after which a GeomLoss call is stopped and recorded as not finished "
+                             f"(default {PEER_TIME_CAP_S:.0f})")
+    parser.add_argument("--threads", type=int,
+                        help="torch intra-op threads (default: torch's own choice); 1 also makes jax's CPU backend "
+                             "single-threaded (XLA_FLAGS, unless already set)")
+    parser.add_argument("--only", nargs="+", metavar="KEY",
+                        help="only these loss / ranking rows, by JSON key (e.g. loss:ours:4096), and no peer rows; "
+                             "writes results/ot_loss_only.json")
     parser.add_argument("--memory-for", help=argparse.SUPPRESS)  # child mode: one job key
     args = parser.parse_args()
+    check_arguments(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.threads == 1:  # OTT-JAX too (read when jax starts its CPU backend, in OTTPeer)
+        os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     warnings.filterwarnings("ignore", category=UserWarning)
     if args.memory_for:
         print(json.dumps(peak_memory(job(args.memory_for))))
         return
-    rows = run_benchmarks(args.quick)
+    rows = run_benchmarks(args.quick, args.peer_sizes, args.peers_only, args.peer_time_cap, args.only)
     summary = {
         "speedup_ref_b256": speedup(rows, "reference", "ours"),
         "speedup_potlog_b256": speedup(rows, "pot_log", "ours"),
@@ -424,21 +561,26 @@ def main() -> None:
         "speedup_geomloss_b256": speedup(rows, "geomloss_loss", "ours_loss"),
         "speedup_ott_b256": speedup(rows, "ott_loss", "ours_loss"),
     }
-    for batch in ("256",) if args.quick else tuple(map(str, PEER_BATCHES)):
+    peer_sizes = () if args.only else args.peer_sizes or ((256,) if args.quick else PEER_BATCHES)
+    for batch in map(str, peer_sizes):
         for kind in ("solve", "loss"):
             for peer in ("geomloss", "ott"):
                 summary[f"{peer}_{kind}_ratio_b{batch}"] = speedup(rows, f"{peer}_{kind}", f"ours_{kind}", batch)
     environment = {"torch": torch.__version__, "pot": ot.__version__, "threads": torch.get_num_threads(),
-                   "machine": platform.machine(), "processor": platform.processor(), "quick": args.quick}
+                   "machine": platform.machine(), "processor": platform.processor(), "quick": args.quick,
+                   "peer_sizes": list(peer_sizes), "peer_time_cap_s": args.peer_time_cap,
+                   "load_average": list(os.getloadavg()), "xla_flags": os.environ.get("XLA_FLAGS")}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / ("ot_loss_quick.json" if args.quick else "ot_loss.json")
+    name = ("ot_loss_only.json" if args.only else "ot_peers.json" if args.peers_only
+            else "ot_loss_quick.json" if args.quick else "ot_loss.json")
+    path = RESULTS_DIR / name
     path.write_text(json.dumps({"environment": environment, "summary": summary, "rows": rows}, indent=2) + "\n")
     print()
     print(markdown_table(rows))
     print()
     headline = ("speedup_ref_b256", "speedup_potlog_b256", "speedup_partial_b256", "speedup_geomloss_b256",
                 "speedup_ott_b256")
-    print(" ".join(f"{key}={summary[key]:.1f}" for key in headline))
+    print(" ".join(f"{key}={'-' if summary[key] is None else format(summary[key], '.1f')}" for key in headline))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def partial_sinkhorn(
         kernel = _absorbed_kernel(log_kernel, *potentials)
         scalings = (torch.ones_like(a), torch.ones_like(b), torch.ones_like(h_scaled))
         n_iter, relaxation = 1, Overrelaxation()
+        guesses = None, None  # saturated rows and columns of the last update, carried from block to block
         while True:
             marginal_error = _kkt_error(kernel, a, b, mass, potentials, scalings)
             error = marginal_error.max().item()
@@ -108,9 +109,9 @@ def partial_sinkhorn(
                 break  # a non-finite error is reported by finish_solve
             steps = min(int(check_every), int(max_iter) - n_iter)
             omega = relaxation.update(error, steps)
-            new_scalings = _scaling_block(kernel, a, b, mass, potentials, scalings, steps, omega)
+            new_scalings, new_guesses = _scaling_block(kernel, a, b, mass, potentials, scalings, steps, omega, guesses)
             if scalings_are_safe(*new_scalings):
-                scalings = new_scalings
+                scalings, guesses = new_scalings, new_guesses
             else:  # redo the block in the log domain from the last safe scalings, without over-relaxation
                 relaxation.disable()
                 potentials = _log_domain_block(log_kernel, log_a, log_b, log_mass, _absorb(potentials, scalings), steps)
@@ -177,9 +178,12 @@ def _solve_mass_scale(
     big = torch.finfo(weight.dtype).max / (weight.shape[-1] + 1)
     weight = weight.nan_to_num(nan=0.0, posinf=big).clamp_max(big)
     if saturated is not None:
-        lam = safe_divide(mass - (capacity * saturated).sum(-1), (weight * ~saturated).sum(-1))
+        # torch.where instead of multiplying by the mask (no bool -> float copy) and torch.equal for the check: the
+        # same values with fewer small operations (this path runs twice per iteration)
+        saturated_capacity = torch.where(saturated, capacity, 0.0).sum(-1)
+        lam = safe_divide(mass - saturated_capacity, torch.where(saturated, 0.0, weight).sum(-1))
         now_saturated = lam[..., None] * weight >= capacity
-        if bool(((now_saturated == saturated).all(-1) & (lam > 0)).all()):
+        if torch.equal(now_saturated, saturated) and bool((lam > 0).all()):
             return lam, now_saturated
     breakpoints = safe_divide(capacity, weight).clamp_max(big)
     breakpoints, order = breakpoints.sort(-1)
@@ -218,28 +222,30 @@ def _scaling_block(
     scalings: Potentials,
     steps: int,
     omega: float = 1.0,
-) -> Potentials:
+    guesses: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+) -> tuple[Potentials, tuple[torch.Tensor, torch.Tensor]]:
     """``steps`` iterations as scalings ``u <= e^{-f}``, ``v <= e^{-g}``, ``lam`` of the absorbed kernel.
 
+    ``guesses`` are the saturated rows and columns ``(..., n)``, ``(..., m)`` of the previous block's last update
+    (or ``None``), the first guesses of :func:`_solve_mass_scale`; returns the scalings and this block's last ones.
+
     With ``omega > 1`` each side's update but the block's last moves ``omega`` times the exact update in the log
-    domain (``u <- min(u (u* / u)^omega, e^{-f})``), and ``lam`` is then reset so that the mass is exact.
+    domain (``u <- min(u (u* / u)^omega, e^{-f})``); the block's last step is exact, so the returned ``lam`` makes
+    the mass exact.
     """
     f, g, _ = potentials
     u_cap, v_cap = (-f).exp(), (-g).exp()
     u, v, lam = scalings
-    rows_saturated = columns_saturated = None
+    rows_saturated, columns_saturated = guesses
     for step in range(steps):
         relax = omega != 1.0 and step != steps - 1
         target, lam, rows_saturated = _capped_side_update(matvec(kernel, v), a, u_cap, mass, rows_saturated)
         u = torch.minimum(u * safe_divide(target, u).pow(omega), u_cap) if relax else target
         column_sums = matvec(kernel.transpose(-1, -2), u)
         target, lam, columns_saturated = _capped_side_update(column_sums, b, v_cap, mass, columns_saturated)
-        if relax:
-            v = torch.minimum(v * safe_divide(target, v).pow(omega), v_cap)
-            lam = safe_divide(torch.full_like(lam, mass), (v * column_sums).sum(-1))
-        else:
-            v = target
-    return u, v, lam
+        # a relaxed step's lam is never used: the next row update solves its own, and the last step is exact
+        v = torch.minimum(v * safe_divide(target, v).pow(omega), v_cap) if relax else target
+    return (u, v, lam), (rows_saturated, columns_saturated)
 
 
 def _kkt_error(

@@ -111,3 +111,30 @@ def test_partial_constraints_hold(n, m, epsilon, mass_fraction, seed):
     assert (result.plan.sum(-1) <= a + 1e-8).all()
     assert (result.plan.sum(-2) <= b + 1e-8).all()
     torch.testing.assert_close(result.plan.sum(), torch.tensor(mass, dtype=torch.float64), atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mass_scale_saturated_guess_gives_the_hand_solved_root(dtype, monkeypatch):
+    # sum_j min(c_j, lam w_j) = 0.8 with c = (0.5, 0.5), w = (1, 3): lam = 0.3 with only the second entry saturated
+    # (0.3 + 0.5 = 0.8); with mass 0.6 nothing saturates and lam = 0.6 / 4 = 0.15
+    from hf_mltm.ot.partial import _solve_mass_scale
+
+    capacity, weight = torch.tensor([0.5, 0.5], dtype=dtype), torch.tensor([1.0, 3.0], dtype=dtype)
+    exact = {0.8: (0.3, [False, True]), 0.6: (0.15, [False, False])}
+    for mass, (lam_expected, saturated_expected) in exact.items():  # no guess, a wrong guess: the breakpoint solve
+        for guess in (None, torch.tensor([True, True]), torch.tensor([not s for s in saturated_expected])):
+            lam, saturated = _solve_mass_scale(capacity, weight, mass, guess)
+            assert lam.item() == pytest.approx(lam_expected, rel=1e-6)
+            assert saturated.tolist() == saturated_expected
+
+    def no_breakpoint_solve(*args, **kwargs):
+        raise AssertionError("a correct saturated-set guess must not need the breakpoint search")
+
+    monkeypatch.setattr(torch, "searchsorted", no_breakpoint_solve)
+    for mass, (lam_expected, saturated_expected) in exact.items():  # the right guess: closed form only
+        lam, saturated = _solve_mass_scale(capacity, weight, mass, torch.tensor(saturated_expected))
+        assert lam.item() == pytest.approx(lam_expected, rel=1e-6)
+        assert saturated.tolist() == saturated_expected
+    batched, guesses = torch.stack([weight, weight.flip(0)]), torch.tensor([[False, True], [True, False]])
+    lam, saturated = _solve_mass_scale(capacity.expand(2, 2), batched, 0.8, guesses)
+    assert lam.tolist() == pytest.approx([0.3, 0.3], rel=1e-6) and torch.equal(saturated, guesses)

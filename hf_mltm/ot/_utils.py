@@ -93,9 +93,9 @@ def check_broadcasts(name: str, tensor: torch.Tensor, expected: tuple[int, ...],
 
 
 def masked_cost(cost: torch.Tensor, row_mask: torch.Tensor | None, col_mask: torch.Tensor | None) -> torch.Tensor:
-    """Replace the cost of masked entries by 0 (their mass is zero anyway) and reject non-finite valid entries.
+    """Replace the cost of masked entries by 0 (their mass is zero anyway), shape ``(..., n, m)``.
 
-    Padding may hold anything, NaN included; only NaN/inf in valid (unmasked) entries is an error."""
+    Padding may hold anything, NaN included; :func:`check_cost_values` then checks the valid entries only."""
     valid = None
     if row_mask is not None:
         valid = row_mask.to(device=cost.device, dtype=torch.bool)[..., :, None]
@@ -104,22 +104,28 @@ def masked_cost(cost: torch.Tensor, row_mask: torch.Tensor | None, col_mask: tor
         valid = col if valid is None else valid & col
     if valid is not None:
         cost = torch.where(valid, cost, torch.zeros((), dtype=cost.dtype, device=cost.device))
-    bad = ~torch.isfinite(cost)
-    if bool(bad.any()):
+    return cost
+
+
+def check_cost_values(solver: str, cost: torch.Tensor, epsilon: float) -> None:
+    """Reject NaN/inf entries and a log-kernel ``cost / epsilon`` too large for the compute dtype, in one pass.
+
+    One ``aminmax`` reads the cost once: NaN propagates into both extremes and an infinity becomes one of them, so
+    finite extremes prove every entry finite; only then is an error located entry by entry. The log-domain iterates
+    add up to about four terms of the kernel's size (kernel, ``f``, ``g``, ``h``), so ``max |C| / epsilon`` must stay
+    below 1/16 of the largest float."""
+    if cost.numel() == 0:
+        return
+    low, high = (value.item() for value in torch.aminmax(cost))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        bad = ~torch.isfinite(cost)
         first = tuple(bad.nonzero()[0].tolist())
         raise ValueError(
             f"cost has {int(bad.sum())} NaN or inf entries in valid (unmasked) positions, the first at index {first}; "
             f"fix the cost there, or mark padding with row_mask/col_mask (masked entries may hold anything)."
         )
-    return cost
-
-
-def check_representable(solver: str, cost: torch.Tensor, epsilon: float) -> None:
-    """Reject a cost whose log-kernel ``cost / epsilon`` (valid entries; masked ones are already 0) is too large for
-    the compute dtype. The log-domain iterates add up to about four terms of this size (kernel, ``f``, ``g``, ``h``),
-    so ``max |C| / epsilon`` must stay below 1/16 of the largest float."""
     limit = torch.finfo(cost.dtype).max / 16
-    largest = cost.abs().amax().item() if cost.numel() else 0.0
+    largest = max(abs(low), abs(high))
     if largest / epsilon > limit:
         raise ValueError(
             f"{solver}: the cost is too large for {cost.dtype}: max |cost| / epsilon = {largest:.3g} / {epsilon:g} "
@@ -141,7 +147,7 @@ def prepare_problem(
 
     Checks, before any computation: shapes (``a``, ``row_mask`` broadcast to ``(..., n)``, ``b``, ``col_mask`` to
     ``(..., m)``), ``epsilon``, finite valid cost entries and a log-kernel ``cost / epsilon`` representable in the
-    compute dtype (see :func:`check_representable`).
+    compute dtype (see :func:`check_cost_values`).
 
     Returns the cost in the compute dtype with masked entries zeroed ``(..., n, m)``, the log-marginals ``(..., n)``
     and ``(..., m)`` (``-inf`` on masked entries) and ``epsilon`` as a float.
@@ -154,7 +160,7 @@ def prepare_problem(
             check_broadcasts(name, torch.as_tensor(tensor), (*batch_shape, size), cost.shape)
     dtype = compute_dtype(cost)
     cost = masked_cost(cost.to(dtype), row_mask, col_mask)
-    check_representable(solver, cost, epsilon)
+    check_cost_values(solver, cost, epsilon)
     log_a = log_marginal(a, row_mask, batch_shape, n, dtype, cost.device, "a")
     log_b = log_marginal(b, col_mask, batch_shape, m, dtype, cost.device, "b")
     return cost, log_a, log_b, epsilon

@@ -25,10 +25,21 @@ This assumes strict complementarity (no row exactly at its capacity with a zero 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ._utils import (
+    autocast_disabled,
+    check_cost,
+    check_cost_values,
+    check_epsilon,
+    compute_dtype,
+    log_marginal,
+)
 from .partial import partial_sinkhorn
-from .sinkhorn import sinkhorn
+from .result import finish_solve
+from .sinkhorn import check_balanced, check_iterations, initial_potentials, solve_scaled
 
 
 def kl_to_plan(target: torch.Tensor, log_plan: torch.Tensor, plan_mass: torch.Tensor | float = 1.0) -> torch.Tensor:
@@ -40,29 +51,116 @@ def kl_to_plan(target: torch.Tensor, log_plan: torch.Tensor, plan_mass: torch.Te
 
 
 class SinkhornKLLoss(torch.autograd.Function):
-    """``KL(T || P*(C))`` with ``P*`` the balanced Sinkhorn plan whose marginals are those of ``T``.
+    r"""``KL(T || P*(C / s))`` with ``P*`` the balanced Sinkhorn plan whose marginals are those of ``T``.
 
-    Inputs: ``cost`` ``(..., n, m)``, ``target`` ``(..., n, m)`` (no gradient), ``epsilon``, ``max_iter``, ``tol``,
-    ``check_every``. Output: loss of shape ``(...)``, in the compute dtype (float32 or float64).
+    Inputs: ``cost`` ``(..., n, m)``; ``target`` ``(..., n, m)`` (no gradient), or `None` for the identity coupling
+    ``I / n`` of a square cost; ``epsilon``, ``max_iter``, ``tol``, ``check_every`` (as in :func:`sinkhorn`);
+    ``normalization`` (``"none"``, or ``"batch_max"``: the scale ``s`` is each problem's largest entry when positive,
+    else 1, as in :func:`hf_mltm.ot.normalize_cost`) and ``detach_scale`` (``s`` counts as a constant). Output: loss
+    of shape ``(...)``, in the compute dtype (float32 or float64).
+
+    The forward never forms ``log P``: with ``log P_ij = f_i + g_j - C_ij / (s epsilon)`` (potentials divided by
+    epsilon) and ``T``'s marginals ``a``, ``b``,
+
+    .. math:: \mathrm{KL} = \sum T \log T - (a^\top f + b^\top g + \langle T, -C / (s\varepsilon) \rangle) - \sum T + \sum P.
+
+    The backward is ``(T - P) / (s epsilon)``, plus, through ``s``, ``-<T - P, C> / (s^2 epsilon)`` shared evenly by
+    the entries equal to the maximum (the gradient of ``amax``): one ``(n, m)`` buffer and one read of ``P`` and ``C``.
     """
 
     @staticmethod
-    def forward(ctx, cost, target, epsilon, max_iter, tol, check_every):
-        with torch.no_grad():
-            result = sinkhorn(
-                target.sum(-1), target.sum(-2), cost, epsilon, max_iter=max_iter, tol=tol, check_every=check_every
-            )
-            target = target.to(result.plan.dtype)
-            loss = kl_to_plan(target, result.log_plan)
-        ctx.save_for_backward(result.plan, target)
-        ctx.epsilon, ctx.cost_dtype = epsilon, cost.dtype
+    def forward(ctx, cost, target, epsilon, max_iter, tol, check_every, normalization="none", detach_scale=False):
+        check_iterations(max_iter, tol, check_every)
+        check_cost(cost)
+        epsilon = check_epsilon(epsilon)
+        batch_shape, (n, m) = cost.shape[:-2], cost.shape[-2:]
+        if target is None and n != m:
+            raise ValueError(f"target=None is the identity coupling of a square cost; got cost of shape "
+                             f"{tuple(cost.shape)}. Pass a target of the cost's shape.")
+        if target is not None and target.shape[-2:] != (n, m):
+            raise ValueError(f"target has shape {tuple(target.shape)}, which does not match the cost of shape "
+                             f"{tuple(cost.shape)}; give it shape (..., {n}, {m}).")
+        if normalization not in ("none", "batch_max"):
+            raise ValueError(f"Unknown cost normalization {normalization!r}; use 'none' or 'batch_max'.")
+        with torch.no_grad(), autocast_disabled(cost.device):
+            solved = cost.to(compute_dtype(cost))
+            scale = None
+            if normalization == "batch_max":
+                largest = solved.amax(dim=(-2, -1), keepdim=True)  # (..., 1, 1)
+                scale = torch.where(largest > 0, largest, torch.ones_like(largest))
+            check_cost_values("mltm_loss", solved, epsilon * (1.0 if scale is None else float(scale.min())))
+            if target is None:
+                log_a = log_marginal(None, None, batch_shape, n, solved.dtype, solved.device, "a")
+                log_b = log_marginal(None, None, batch_shape, m, solved.dtype, solved.device, "b")
+            else:
+                target = target.to(solved.dtype)
+                log_a = log_marginal(target.sum(-1), None, batch_shape, n, solved.dtype, solved.device, "a")
+                log_b = log_marginal(target.sum(-2), None, batch_shape, m, solved.dtype, solved.device, "b")
+                check_balanced(log_a, log_b)
+            log_kernel = solved / (-epsilon if scale is None else scale * -epsilon)  # -C / (s epsilon)
+            f0, g0 = initial_potentials(None, log_a, log_b, solved, epsilon)
+            state = solve_scaled(log_kernel, log_a, log_b, f0, g0, max_iter, tol, check_every)
+            f, g = state.potentials()
+            finish_solve("mltm_loss", state.kernel, None, (f, g), epsilon, state.n_iter, state.marginal_error, tol,
+                         warn=True)
+            loss = _kl_from_potentials(target, log_kernel, log_a, log_b, f, g, state.mass()).to(solved.dtype)
+            plan = state.plan_()
+        scale_has_gradient = scale is not None and not detach_scale and ctx.needs_input_grad[0]
+        ctx.save_for_backward(plan, target, scale, solved if scale_has_gradient else None)
+        ctx.epsilon, ctx.cost_dtype, ctx.scale_has_gradient = epsilon, cost.dtype, scale_has_gradient
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        plan, target = ctx.saved_tensors
-        grad_cost = torch.sub(target, plan).mul_(grad_loss[..., None, None] / ctx.epsilon)  # one (..., n, m) buffer
-        return grad_cost.to(ctx.cost_dtype), None, None, None, None, None
+        plan, target, scale, cost = ctx.saved_tensors
+        coef = grad_loss.to(plan.dtype)[..., None, None] / ctx.epsilon  # (..., 1, 1)
+        if scale is not None:
+            coef = coef / scale
+        grad_cost = torch.mul(plan, -coef)  # -P / (s epsilon): the one (..., n, m) buffer
+        if target is None:
+            grad_cost.diagonal(dim1=-2, dim2=-1).add_(coef[..., 0] / plan.shape[-1])
+        else:
+            grad_cost.addcmul_(target, coef)
+        if ctx.scale_has_gradient:
+            _add_scale_gradient(grad_cost, plan, target, cost, scale, coef)
+        return grad_cost.to(ctx.cost_dtype), None, None, None, None, None, None, None
+
+
+def _kl_from_potentials(
+    target: torch.Tensor | None, log_kernel: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
+    f: torch.Tensor, g: torch.Tensor, plan_mass: torch.Tensor,
+) -> torch.Tensor:
+    """``KL(T || P)`` per problem ``(...)`` from the potentials (divided by epsilon), in float64: ``T`` is the
+    identity coupling when `None`. Terms of zero-mass rows/columns are 0 (their potentials are ``-inf``)."""
+    a, b = log_a.exp().double(), log_b.exp().double()
+    potential_terms = (torch.where(a > 0, a * f.double(), 0.0).sum(-1)
+                       + torch.where(b > 0, b * g.double(), 0.0).sum(-1))
+    if target is None:
+        size = log_kernel.shape[-1]
+        kernel_term = log_kernel.diagonal(dim1=-2, dim2=-1).double().sum(-1) / size
+        entropy, total = -math.log(size), 1.0
+    else:
+        kernel_term = torch.einsum("...ij,...ij->...i", target, log_kernel).double().sum(-1)
+        entropy, total = torch.special.xlogy(target, target).double().sum((-2, -1)), target.double().sum((-2, -1))
+    return entropy - (potential_terms + kernel_term) - total + plan_mass.double()
+
+
+def _add_scale_gradient(grad_cost, plan, target, cost, scale, coef) -> None:
+    """Add the gradient that reaches the cost through ``s = max C`` (in place on ``grad_cost`` ``(..., n, m)``):
+    ``dL/ds = -coef * <T - P, C> / s`` with ``coef = dL / (s epsilon)``, shared evenly by the maximal entries."""
+    plan_cost = torch.einsum("...ij,...ij->...i", plan, cost).double().sum(-1)
+    if target is None:
+        target_cost = cost.diagonal(dim1=-2, dim2=-1).double().sum(-1) / cost.shape[-1]
+    else:
+        target_cost = torch.einsum("...ij,...ij->...i", target, cost).double().sum(-1)
+    grad_scale = -coef[..., 0, 0].double() * (target_cost - plan_cost) / scale[..., 0, 0].double()  # (...)
+    # A non-positive maximum is not used as the scale (no gradient): compare with NaN there, which equals nothing.
+    n, m = cost.shape[-2:]
+    at_max = cost.reshape(-1, n, m) == torch.where(scale > 0, scale, torch.nan).reshape(-1, 1, 1)
+    problem, row, column = at_max.nonzero(as_tuple=True)
+    ties = torch.bincount(problem, minlength=at_max.shape[0]).clamp_min(1)
+    share = (grad_scale.reshape(-1) / ties).to(grad_cost.dtype)
+    grad_cost.view(-1, n, m).index_put_((problem, row, column), share[problem], accumulate=True)
 
 
 def _partial_adjoint(plan: torch.Tensor, target: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,55 @@ def sq_euclidean_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x @ y.transpose(-1, -2)).mul_(-2).add_(x_sq).add_(y_sq).clamp_min_(0)
 
 
+class EuclideanDistance(torch.autograd.Function):
+    r"""``||x_i - y_j||`` ``(..., n, m)`` from ``x`` ``(..., n, d)`` and ``y`` ``(..., m, d)``, with a hand-written backward.
+
+    Forward: one matrix product with the squared norms folded in, then the clamp at 0 (rounding) and the square root
+    in place: three passes over the ``(n, m)`` output. Backward: with ``W = G / D`` (0 where ``D = 0``: the square
+    root's derivative is infinite there, and the gradient is taken as 0, so coincident points get value 0 and
+    gradient 0),
+
+    .. math:: \partial x_i = x_i \textstyle\sum_j W_{ij} - (W y)_i, \qquad \partial y_j = y_j \sum_i W_{ij} - (W^\top x)_j
+
+    i.e. one ``(n, m)`` buffer and two matrix products, where autograd through the norms, the clamp and the square
+    root would make about ten passes over ``(n, m)`` matrices. NaN inputs give NaN values and gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_sq, y_sq = x.pow(2).sum(-1), y.pow(2).sum(-1)
+        if x.dim() == 2:
+            squared = torch.addmm(y_sq[None, :], x, y.T, alpha=-2)
+        else:
+            squared = (x @ y.transpose(-1, -2)).mul_(-2).add_(y_sq[..., None, :])
+        distance = squared.add_(x_sq[..., :, None]).clamp_min_(0).sqrt_()
+        ctx.has_zero = bool(distance.amin() == 0) if distance.numel() else False
+        ctx.save_for_backward(x, y, distance)
+        return distance
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, y, distance = ctx.saved_tensors
+        weight = torch.div(grad, distance)
+        if ctx.has_zero:
+            weight.masked_fill_(distance == 0, 0.0)
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _rows_times_points_minus(weight.sum(-1), x, weight, y)
+        if ctx.needs_input_grad[1]:
+            grad_y = _rows_times_points_minus(weight.sum(-2), y, weight.transpose(-1, -2), x)
+        return grad_x, grad_y
+
+
+def _rows_times_points_minus(
+    row_weights: torch.Tensor, points: torch.Tensor, weight: torch.Tensor, other: torch.Tensor
+) -> torch.Tensor:
+    """``row_weights[..., None] * points - weight @ other``, shape ``(..., n, d)`` (one fused GEMM for 2-D inputs)."""
+    if weight.dim() == 2:
+        return torch.addmm(row_weights[:, None] * points, weight, other, alpha=-1)
+    return row_weights[..., None] * points - weight @ other
+
+
 def _safe_sqrt(squared: torch.Tensor) -> torch.Tensor:
     # sqrt has an infinite derivative at 0 (identical points); give those entries value 0 and gradient 0.
     # Test for == 0 (not > 0) so that NaN inputs stay NaN instead of silently becoming distance 0.
@@ -36,7 +85,12 @@ def _safe_sqrt(squared: torch.Tensor) -> torch.Tensor:
 
 
 def euclidean_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances ``||x_i - y_j||``, shape ``(..., n, m)``; the gradient is 0 (not NaN) at coincident points."""
+    """Euclidean distances ``||x_i - y_j||``, shape ``(..., n, m)``; the gradient is 0 (not NaN) at coincident points.
+
+    Inputs of the same shape prefix and dtype go through :class:`EuclideanDistance` (hand-written backward); others
+    (broadcast batch dimensions, mixed dtypes) through autograd."""
+    if x.dim() >= 2 and x.shape[:-2] == y.shape[:-2] and x.dtype == y.dtype and x.is_floating_point():
+        return EuclideanDistance.apply(x, y)
     return _safe_sqrt(sq_euclidean_cost(x, y))
 
 
@@ -71,6 +125,8 @@ def mahalanobis_cost(
             x_proj, y_proj = x * factor, y * factor
         else:
             x_proj, y_proj = x @ factor.transpose(-1, -2), y @ factor.transpose(-1, -2)
+        if not squared:
+            return euclidean_cost(x_proj, y_proj)
         quadratic = sq_euclidean_cost(x_proj, y_proj)
     else:
         sym = (matrix + matrix.transpose(-1, -2)) / 2

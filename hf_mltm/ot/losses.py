@@ -85,16 +85,20 @@ def _check_square(matrix: torch.Tensor, name: str) -> int:
     return matrix.shape[-1]
 
 
-def _cost_and_target(
-    cost: torch.Tensor, normalization: CostNormalization, item_ids: torch.Tensor | None, detach_scale: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalised ``(..., b, b)`` cost and the ground-truth coupling in the solver's dtype."""
-    size = _check_square(cost, "cost")
+def _check_item_ids(item_ids: torch.Tensor | None, size: int, cost: torch.Tensor) -> None:
     if item_ids is not None and torch.as_tensor(item_ids).shape != (size,):
         raise ValueError(
             f"item_ids has shape {tuple(torch.as_tensor(item_ids).shape)} but the cost of shape {tuple(cost.shape)} "
             f"pairs a batch of {size} items; pass one id per row, shape ({size},)."
         )
+
+
+def _cost_and_target(
+    cost: torch.Tensor, normalization: CostNormalization, item_ids: torch.Tensor | None, detach_scale: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised ``(..., b, b)`` cost and the ground-truth coupling in the solver's dtype."""
+    size = _check_square(cost, "cost")
+    _check_item_ids(item_ids, size, cost)
     cost = normalize_cost(cost, normalization, detach_scale=detach_scale)
     dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     return cost, duplicate_aware_target(item_ids, size, dtype=dtype, device=cost.device).expand_as(cost)
@@ -125,13 +129,22 @@ def mltm_loss(
         gradient (`str`): ``"implicit"`` (closed form ``(T - P*) / epsilon``, Sinkhorn under ``no_grad``) or
             ``"unrolled"`` (autograd through every iteration; for verification only).
 
-    Numerics: Sinkhorn runs in float32 (float64 for float64 costs) even under autocast; the loss reads the log-plan,
-    so it stays finite at small ``epsilon`` where the plan's entries underflow. Memory O(b^2).
+    Numerics: Sinkhorn runs in float32 (float64 for float64 costs) even under autocast; the loss is computed from the
+    log-domain potentials (:class:`hf_mltm.ot.SinkhornKLLoss`), so it stays finite at small ``epsilon`` where the
+    plan's entries underflow. Memory O(b^2).
     """
-    cost, target = _cost_and_target(cost, normalization, item_ids, detach_scale)
     if gradient == "implicit":
-        loss = SinkhornKLLoss.apply(cost, target, float(epsilon), max_iter, tol, check_every)
+        # The Function normalises, solves and differentiates in one step (no normalised copy of the cost, no log-plan).
+        size = _check_square(cost, "cost")
+        _check_item_ids(item_ids, size, cost)
+        target = None
+        if item_ids is not None:
+            dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
+            target = duplicate_aware_target(item_ids, size, dtype=dtype, device=cost.device).expand_as(cost)
+        loss = SinkhornKLLoss.apply(cost, target, float(epsilon), max_iter, tol, check_every, normalization,
+                                    detach_scale)
     elif gradient == "unrolled":
+        cost, target = _cost_and_target(cost, normalization, item_ids, detach_scale)
         result = sinkhorn(target.sum(-1), target.sum(-2), cost, epsilon, max_iter=max_iter, tol=tol,
                           check_every=check_every)
         loss = kl_to_plan(target, result.log_plan)

@@ -64,7 +64,7 @@ class OTResult(NamedTuple):
 def finish_solve(
     solver: str,
     plan: torch.Tensor,
-    log_plan: torch.Tensor,
+    log_plan: torch.Tensor | None,
     potentials: tuple[torch.Tensor, ...],
     epsilon: float,
     n_iter: int,
@@ -76,8 +76,10 @@ def finish_solve(
     not reached (``tol = 0`` means a fixed number of iterations and always counts as converged).
 
     Raises `ValueError` instead of returning a NaN plan (a last guard behind
-    :func:`hf_mltm.ot._utils.check_representable`)."""
-    if not bool(torch.isfinite(marginal_error).all()) or bool(torch.isnan(log_plan).any()):
+    :func:`hf_mltm.ot._utils.check_cost_values`)."""
+    # Without a log-plan (a caller that needs only the plan), NaN potentials are the same signal.
+    nan_found = any(bool(torch.isnan(t).any()) for t in ([log_plan] if log_plan is not None else potentials))
+    if not bool(torch.isfinite(marginal_error).all()) or nan_found:
         raise ValueError(
             f"{solver} produced a non-finite plan (cost dtype {plan.dtype}, epsilon {epsilon:g}): the solve left the "
             f"range of the dtype. Normalise the cost, raise epsilon, or pass a float64 cost."

@@ -33,6 +33,7 @@ closed-form gradients of :mod:`hf_mltm.ot.losses`).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -107,73 +108,160 @@ def sinkhorn(
     check_iterations(max_iter, tol, check_every)
     with autocast_disabled(cost.device):
         cost, log_a, log_b, epsilon = prepare_problem(a, b, cost, epsilon, row_mask, col_mask, "sinkhorn")
-        dtype = cost.dtype
         if a is not None or b is not None:
-            mass_a, mass_b = torch.logsumexp(log_a, -1).exp(), torch.logsumexp(log_b, -1).exp()
-            if not torch.allclose(mass_a, mass_b, rtol=1e-5, atol=1e-8):
-                raise ValueError(
-                    f"balanced OT needs sum(a) == sum(b); got {mass_a.flatten()[:4].tolist()} vs "
-                    f"{mass_b.flatten()[:4].tolist()}. Use partial_sinkhorn for unequal masses."
-                )
+            check_balanced(log_a, log_b)
+        f_scaled, g_scaled = initial_potentials(init, log_a, log_b, cost, epsilon)
         log_kernel = cost / -epsilon  # (..., n, m)
-        if init is None:
-            f_scaled = torch.zeros_like(log_a)
-            g_scaled = torch.zeros_like(log_b)
-        else:
-            if len(init) != 2:
-                raise ValueError(f"init must be a pair (f, g) of potentials, got {len(init)} tensors.")
-            check_broadcasts("init[0] (f)", init[0], tuple(log_a.shape), cost.shape)
-            check_broadcasts("init[1] (g)", init[1], tuple(log_b.shape), cost.shape)
-            f_scaled = init[0].to(device=cost.device, dtype=dtype) / epsilon
-            g_scaled = init[1].to(device=cost.device, dtype=dtype) / epsilon
-        # Masked entries carry -inf potentials; keep them -inf in a warm start too.
-        f_scaled = torch.where(torch.isinf(log_a), log_a, f_scaled)
-        g_scaled = torch.where(torch.isinf(log_b), log_b, g_scaled)
-        a, b = log_a.exp(), log_b.exp()
-
-        f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled, g_scaled, 1)
-        kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
-        u, v = torch.ones_like(a), torch.ones_like(b)
-        # K v and K^T u of the current scalings: a check reuses the column sums of the block's last update and
-        # hands its row sums to the next block's first update, so convergence checks cost no matrix-vector product.
-        row_sums = column_sums = None
-        n_iter, relaxation = 1, Overrelaxation()
-        while True:
-            if row_sums is None:
-                row_sums = matvec(kernel, v)
-            if column_sums is None:
-                column_sums = matvec(kernel.transpose(-1, -2), u)
-            plan_rows, plan_cols = u * row_sums, v * column_sums
-            marginal_error = (plan_rows - a).abs().sum(-1) + (plan_cols - b).abs().sum(-1)
-            error = marginal_error.max().item()
-            if n_iter >= max_iter or (tol > 0 and error < tol) or not math.isfinite(error):
-                break  # a non-finite error is reported by finish_solve
-            steps = min(int(check_every), int(max_iter) - n_iter)
-            omega = relaxation.update(error, steps)
-            new_u, new_v, new_column_sums = _scaling_block(kernel, a, b, u, v, steps, omega, row_sums)
-            row_sums = None
-            if scalings_are_safe(new_u, new_v):
-                u, v, column_sums = new_u, new_v, new_column_sums
-            else:  # redo the block in the log domain from the last safe scalings, without over-relaxation
-                relaxation.disable()
-                f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled + u.log(),
-                                                       g_scaled + v.log(), steps)
-                u, v, column_sums = torch.ones_like(a), torch.ones_like(b), None
-                kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
-            n_iter += steps
-            if needs_absorption(u, v):
-                f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
-                u, v, column_sums = torch.ones_like(a), torch.ones_like(b), None
-                kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
-
-        f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
-        if kernel.requires_grad:  # unrolled differentiation: no in-place updates of saved tensors
-            plan = kernel * u[..., :, None] * v[..., None, :]
+        state = solve_scaled(log_kernel, log_a, log_b, f_scaled, g_scaled, max_iter, tol, check_every)
+        f_scaled, g_scaled = state.potentials()
+        if state.kernel.requires_grad:  # unrolled differentiation: no in-place updates of saved tensors
+            plan = state.kernel * state.u[..., :, None] * state.v[..., None, :]
             log_plan = log_kernel + f_scaled[..., :, None] + g_scaled[..., None, :]
         else:  # in place on buffers this function owns: at b = 4096 every fresh (b, b) buffer costs page faults
-            plan = kernel.mul_(u[..., :, None]).mul_(v[..., None, :])
+            plan = state.plan_()
             log_plan = log_kernel.add_(f_scaled[..., :, None]).add_(g_scaled[..., None, :])
-        return finish_solve("sinkhorn", plan, log_plan, (f_scaled, g_scaled), epsilon, n_iter, marginal_error, tol, warn)
+        return finish_solve("sinkhorn", plan, log_plan, (f_scaled, g_scaled), epsilon, state.n_iter,
+                            state.marginal_error, tol, warn)
+
+
+def check_balanced(log_a: torch.Tensor, log_b: torch.Tensor) -> None:
+    """Raise a `ValueError` unless the marginals ``exp(log_a)`` ``(..., n)`` and ``exp(log_b)`` ``(..., m)`` have equal
+    total mass in every problem (relative tolerance 1e-5)."""
+    mass_a, mass_b = torch.logsumexp(log_a, -1).exp(), torch.logsumexp(log_b, -1).exp()
+    if not torch.allclose(mass_a, mass_b, rtol=1e-5, atol=1e-8):
+        raise ValueError(
+            f"balanced OT needs sum(a) == sum(b); got {mass_a.flatten()[:4].tolist()} vs "
+            f"{mass_b.flatten()[:4].tolist()}. Use partial_sinkhorn for unequal masses."
+        )
+
+
+def initial_potentials(
+    init: tuple[torch.Tensor, torch.Tensor] | None, log_a: torch.Tensor, log_b: torch.Tensor, cost: torch.Tensor,
+    epsilon: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The starting potentials divided by ``epsilon``, ``(..., n)`` and ``(..., m)``: zeros, or a checked warm start;
+    ``-inf`` on masked entries either way."""
+    if init is None:
+        f_scaled, g_scaled = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    else:
+        if len(init) != 2:
+            raise ValueError(f"init must be a pair (f, g) of potentials, got {len(init)} tensors.")
+        check_broadcasts("init[0] (f)", init[0], tuple(log_a.shape), cost.shape)
+        check_broadcasts("init[1] (g)", init[1], tuple(log_b.shape), cost.shape)
+        f_scaled = init[0].to(device=cost.device, dtype=cost.dtype) / epsilon
+        g_scaled = init[1].to(device=cost.device, dtype=cost.dtype) / epsilon
+    return torch.where(torch.isinf(log_a), log_a, f_scaled), torch.where(torch.isinf(log_b), log_b, g_scaled)
+
+
+class ScaledSolution(NamedTuple):
+    """The state at the end of :func:`solve_scaled`: the plan is ``kernel * u_i * v_j`` and its logarithm
+    ``log_kernel + f_scaled_i + log u_i + g_scaled_j + log v_j`` (potentials divided by ``epsilon``).
+
+    ``column_sums`` is ``K^T u`` (so the plan's column marginals are ``v * column_sums``); ``marginal_error`` has
+    shape ``(...)``."""
+
+    kernel: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+    f_scaled: torch.Tensor
+    g_scaled: torch.Tensor
+    column_sums: torch.Tensor
+    n_iter: int
+    marginal_error: torch.Tensor
+
+    def potentials(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f / epsilon`` ``(..., n)`` and ``g / epsilon`` ``(..., m)`` with the scalings absorbed."""
+        return self.f_scaled + self.u.log(), self.g_scaled + self.v.log()
+
+    def plan_(self) -> torch.Tensor:
+        """The plan ``(..., n, m)``, computed in place on ``kernel`` (which is then gone)."""
+        return self.kernel.mul_(self.u[..., :, None]).mul_(self.v[..., None, :])
+
+    def mass(self) -> torch.Tensor:
+        """Total mass of the plan per problem, shape ``(...)``."""
+        return (self.v * self.column_sums).sum(-1)
+
+
+def solve_scaled(
+    log_kernel: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, f_scaled: torch.Tensor,
+    g_scaled: torch.Tensor, max_iter: int, tol: float, check_every: int,
+) -> ScaledSolution:
+    """The Sinkhorn iterations on a prepared problem: ``log_kernel = -C / epsilon`` ``(..., n, m)``, log-marginals
+    ``(..., n)``, ``(..., m)`` (``-inf`` on masked entries) and starting potentials divided by ``epsilon``.
+
+    The caller builds the plan and/or its logarithm from the returned state, so a caller that needs only one of them
+    (the m-LTM loss needs the plan and the potentials) never pays for the other. ``log_kernel`` is not modified."""
+    a, b = log_a.exp(), log_b.exp()
+    first = None
+    if not (torch.is_grad_enabled() and (log_kernel.requires_grad or f_scaled.requires_grad or g_scaled.requires_grad)):
+        first = _first_iteration(log_kernel, a, b, g_scaled)
+    if first is None:  # exact log-sum-exp updates (unrolled differentiation, or a column's mass underflowed)
+        f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled, g_scaled, 1)
+        kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
+        u, v, column_sums = torch.ones_like(a), torch.ones_like(b), None
+    else:
+        kernel, f_scaled, g_scaled, u, v, column_sums = first
+    # K v and K^T u of the current scalings: a check reuses the column sums of the block's last update and
+    # hands its row sums to the next block's first update, so convergence checks cost no matrix-vector product.
+    row_sums = None
+    n_iter, relaxation = 1, Overrelaxation()
+    while True:
+        if needs_absorption(u, v):
+            f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
+            u, v, row_sums, column_sums = torch.ones_like(a), torch.ones_like(b), None, None
+            kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
+        if row_sums is None:
+            row_sums = matvec(kernel, v)
+        if column_sums is None:
+            column_sums = matvec(kernel.transpose(-1, -2), u)
+        plan_rows, plan_cols = u * row_sums, v * column_sums
+        marginal_error = (plan_rows - a).abs().sum(-1) + (plan_cols - b).abs().sum(-1)
+        error = marginal_error.max().item()
+        if n_iter >= max_iter or (tol > 0 and error < tol) or not math.isfinite(error):
+            break  # a non-finite error is reported by finish_solve
+        steps = min(int(check_every), int(max_iter) - n_iter)
+        omega = relaxation.update(error, steps)
+        new_u, new_v, new_column_sums = _scaling_block(kernel, a, b, u, v, steps, omega, row_sums)
+        row_sums = None
+        if scalings_are_safe(new_u, new_v):
+            u, v, column_sums = new_u, new_v, new_column_sums
+        else:  # redo the block in the log domain from the last safe scalings, without over-relaxation
+            relaxation.disable()
+            f_scaled, g_scaled = _log_domain_block(log_kernel, log_a, log_b, f_scaled + u.log(),
+                                                   g_scaled + v.log(), steps)
+            u, v, column_sums = torch.ones_like(a), torch.ones_like(b), None
+            kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
+        n_iter += steps
+    return ScaledSolution(kernel, u, v, f_scaled, g_scaled, column_sums, n_iter, marginal_error)
+
+
+def _first_iteration(
+    log_kernel: torch.Tensor, a: torch.Tensor, b: torch.Tensor, g_scaled: torch.Tensor
+) -> tuple[torch.Tensor, ...] | None:
+    """The exact first iteration (``f`` from ``g``, then ``g`` from ``f``) in four passes over the kernel.
+
+    With row maxima ``m_i = max_j (log_kernel_ij + g_j)``, ``K = exp(log_kernel + g_j - m_i)`` has entries in
+    ``[0, 1]`` and row sums ``r >= 1``; the row update is ``f = log a - m - log r``, i.e. the scaling ``u = a / r`` of
+    ``K``, and the column update is ``v = b / (K^T u)``. This is the log-sum-exp iteration with the maxima taken per
+    row, so it is exact unless a column's whole mass underflows; then (any valid column with ``K^T u`` below
+    ``n * tiny / eps`` of the dtype, where subnormal terms could cost relative precision) it returns `None` and the
+    caller uses log-sum-exp updates. Returns ``K``, the potentials ``-m`` and ``g`` it is scaled by, ``u``, ``v``
+    and ``K^T u``.
+    """
+    if bool((g_scaled == 0).all()):  # the usual cold start: no shifted copy of the kernel needed
+        row_max = log_kernel.amax(-1, keepdim=True)
+        kernel = torch.sub(log_kernel, row_max).exp_()
+    else:
+        shifted = log_kernel + g_scaled[..., None, :]  # (..., n, m), -inf on masked columns
+        row_max = shifted.amax(-1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        kernel = shifted.sub_(row_max).exp_()
+    u = safe_divide(a, kernel.sum(-1))
+    column_sums = matvec(kernel.transpose(-1, -2), u)
+    info = torch.finfo(kernel.dtype)
+    if bool(((column_sums < kernel.shape[-2] * info.tiny / info.eps) & (b > 0)).any()):
+        return None
+    return kernel, -row_max[..., 0], g_scaled, u, safe_divide(b, column_sums), column_sums
 
 
 ABSORB_LOG_THRESHOLD = 30.0

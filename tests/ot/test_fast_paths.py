@@ -4,9 +4,12 @@ in-place updates of the solver's own (n, m) buffers."""
 from __future__ import annotations
 
 import ot
+import pytest
 import torch
 
-from hf_mltm.ot import mltm_loss, sinkhorn
+from hf_mltm.ot import SinkhornKLLoss, duplicate_aware_target, mltm_loss, sinkhorn
+from hf_mltm.ot.costs import EuclideanDistance
+from hf_mltm.ot.sinkhorn import _first_iteration
 
 
 def _problem(n: int = 40, m: int = 30, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,3 +61,94 @@ def test_mltm_loss_backward_twice_gives_the_closed_form_gradient_both_times():
     expected = (torch.eye(24, dtype=torch.float64) / 24 - plan) / 0.05
     torch.testing.assert_close(first, expected, atol=1e-9, rtol=0)
     torch.testing.assert_close(second, first, atol=0, rtol=0)
+
+
+def _reference_loss(cost, epsilon, item_ids=None, detach_scale=False):
+    """m-LTM loss by autograd through `normalize_cost` (torch's own `amax` gradient) and the unrolled iterations."""
+    return mltm_loss(cost, epsilon, item_ids=item_ids, normalization="batch_max", detach_scale=detach_scale,
+                     gradient="unrolled", tol=0, max_iter=3000)
+
+
+@pytest.mark.parametrize("detach_scale", [False, True])
+@pytest.mark.parametrize("item_ids", [None, torch.tensor([0, 1, 1, 2, 3, 4])])
+def test_fused_batch_max_loss_equals_normalising_first_with_ties_and_a_non_positive_maximum(detach_scale, item_ids):
+    generator = torch.Generator().manual_seed(4)
+    cost = torch.rand(3, 6, 6, generator=generator, dtype=torch.float64) + 0.5
+    cost[0, 1, 4] = cost[0, 3, 2] = cost[0].max() + 0.25  # two tied maxima share the gradient of the scale
+    cost[2] = -cost[2]  # a non-positive maximum: that problem is solved unscaled, and its maximum gets no extra term
+    cost.requires_grad_()
+    fused = mltm_loss(cost, 0.1, item_ids=item_ids, normalization="batch_max", detach_scale=detach_scale, tol=1e-14,
+                      max_iter=100000)
+    (grad_fused,) = torch.autograd.grad(fused, cost)
+    reference = _reference_loss(cost, 0.1, item_ids, detach_scale)
+    (grad_reference,) = torch.autograd.grad(reference, cost)
+    torch.testing.assert_close(fused, reference, atol=1e-12, rtol=0)
+    torch.testing.assert_close(grad_fused, grad_reference, atol=1e-9, rtol=1e-7)
+    if not detach_scale:  # the scale's gradient is there, shared equally by the two tied maxima
+        detached = mltm_loss(cost, 0.1, item_ids=item_ids, normalization="batch_max", detach_scale=True, tol=1e-14,
+                             max_iter=100000)
+        extra = grad_fused - torch.autograd.grad(detached, cost)[0]
+        assert abs(extra[0, 1, 4].item()) > 1e-3
+        assert extra[0, 1, 4].item() == pytest.approx(extra[0, 3, 2].item(), abs=1e-12)
+        assert int((extra[0].abs() > 1e-12).sum()) == 2 and extra[2].abs().max().item() < 1e-12
+
+
+def test_identity_target_none_equals_the_dense_identity_target():
+    cost = torch.rand(2, 7, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64).requires_grad_()
+    dense = duplicate_aware_target(None, 7, dtype=torch.float64).expand_as(cost)
+    values, grads = [], []
+    for target in (None, dense):
+        for normalization in ("none", "batch_max"):
+            loss = SinkhornKLLoss.apply(cost, target, 0.1, 100000, 1e-14, 1, normalization)
+            values.append(loss)
+            grads.append(torch.autograd.grad(loss.sum(), cost)[0])
+    torch.testing.assert_close(values[0], values[2], atol=1e-13, rtol=0)
+    torch.testing.assert_close(values[1], values[3], atol=1e-13, rtol=0)
+    torch.testing.assert_close(grads[0], grads[2], atol=1e-12, rtol=0)
+    torch.testing.assert_close(grads[1], grads[3], atol=1e-12, rtol=0)
+
+
+def test_sinkhorn_kl_loss_rejects_a_target_of_the_wrong_shape_and_none_for_a_rectangular_cost():
+    with pytest.raises(ValueError, match=r"target=None is the identity coupling of a square cost.*\(4, 5\)"):
+        SinkhornKLLoss.apply(torch.rand(4, 5), None, 0.1, 100, 1e-6, 1)
+    with pytest.raises(ValueError, match=r"target has shape \(4, 4\).*cost of shape \(4, 5\)"):
+        SinkhornKLLoss.apply(torch.rand(4, 5), torch.eye(4) / 4, 0.1, 100, 1e-6, 1)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (2, 6, 5)])
+def test_euclidean_distance_backward_equals_autograd_of_the_formula_and_is_zero_at_coincident_points(shape):
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    y = torch.randn(*shape[:-2], 4, shape[-1], generator=generator, dtype=torch.float64)
+    y[..., 1, :] = x[..., 2, :]  # a coincident pair: distance 0, gradient 0 (not NaN or inf)
+    x.requires_grad_(), y.requires_grad_()
+    assert torch.autograd.gradcheck(lambda p, q: EuclideanDistance.apply(p, q)[..., [0, 1, 3, 4], :],
+                                    (x, y), eps=1e-6, atol=1e-7)
+    weights = torch.randn(*shape[:-2], shape[-2], 4, generator=generator, dtype=torch.float64)
+    fast = EuclideanDistance.apply(x, y)
+    grads = torch.autograd.grad((fast * weights).sum(), (x, y))
+    difference = x[..., :, None, :] - y[..., None, :, :]  # (..., n, m, d), the brute-force formula
+    norm = difference.pow(2).sum(-1)
+    brute = torch.where(norm == 0, 0.0, norm.clamp_min(1e-300).sqrt())
+    expected = torch.autograd.grad((brute * weights).sum(), (x, y))
+    torch.testing.assert_close(fast, brute.detach(), atol=1e-12, rtol=0)
+    assert fast[..., 2, 1].eq(0).all()
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_first_iteration_falls_back_to_log_sum_exp_when_a_column_underflows(dtype):
+    generator = torch.Generator().manual_seed(7)
+    cost = torch.rand(12, 9, generator=generator, dtype=torch.float64)
+    cost[:, 0] += 50.0  # column 0 is 980 epsilons past every row's minimum: exp underflows in both dtypes
+    a, b = torch.full((12,), 1 / 12, dtype=dtype), torch.full((9,), 1 / 9, dtype=dtype)
+    log_kernel = (cost / -0.05).to(dtype)
+    assert _first_iteration(log_kernel, a, b, torch.zeros(9, dtype=dtype)) is None
+    result = sinkhorn(None, None, cost.to(dtype), 0.05, tol=1e-6 if dtype == torch.float32 else 1e-12,
+                      max_iter=20000)
+    reference = ot.bregman.sinkhorn_log(a.double().numpy(), b.double().numpy(), cost.numpy(), 0.05,
+                                        numItermax=20000, stopThr=1e-13)
+    torch.testing.assert_close(result.plan.double(), torch.as_tensor(reference),
+                               atol=1e-7 if dtype == torch.float32 else 1e-12, rtol=0)
+    assert result.plan[:, 0].sum().item() == pytest.approx(1 / 9, rel=1e-5)

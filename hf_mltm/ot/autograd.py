@@ -84,9 +84,10 @@ class SinkhornKLLoss(torch.autograd.Function):
             raise ValueError(f"Unknown cost normalization {normalization!r}; use 'none' or 'batch_max'.")
         with torch.no_grad(), autocast_disabled(cost.device):
             solved = cost.to(compute_dtype(cost))
-            scale = None
+            scale = row_max = None
             if normalization == "batch_max":
-                largest = solved.amax(dim=(-2, -1), keepdim=True)  # (..., 1, 1)
+                row_max = solved.amax(-1)  # (..., n): the backward looks for ties of the maximum in these rows only
+                largest = row_max.amax(-1)[..., None, None]  # (..., 1, 1)
                 scale = torch.where(largest > 0, largest, torch.ones_like(largest))
             check_cost_values("mltm_loss", solved, epsilon * (1.0 if scale is None else float(scale.min())))
             if target is None:
@@ -97,22 +98,24 @@ class SinkhornKLLoss(torch.autograd.Function):
                 log_a = log_marginal(target.sum(-1), None, batch_shape, n, solved.dtype, solved.device, "a")
                 log_b = log_marginal(target.sum(-2), None, batch_shape, m, solved.dtype, solved.device, "b")
                 check_balanced(log_a, log_b)
-            log_kernel = solved / (-epsilon if scale is None else scale * -epsilon)  # -C / (s epsilon)
+            divisor = -epsilon if scale is None else scale * -epsilon
             f0, g0 = initial_potentials(None, log_a, log_b, solved, epsilon)
-            state = solve_scaled(log_kernel, log_a, log_b, f0, g0, max_iter, tol, check_every)
+            # The first iteration turns the log-kernel's buffer into the kernel; it is rebuilt only if needed again.
+            state = solve_scaled(solved / divisor, log_a, log_b, f0, g0, max_iter, tol, check_every,
+                                 rebuild=lambda: solved / divisor)
             f, g = state.potentials()
             finish_solve("mltm_loss", state.kernel, None, (f, g), epsilon, state.n_iter, state.marginal_error, tol,
                          warn=True)
-            loss = _kl_from_potentials(target, log_kernel, log_a, log_b, f, g, state.mass()).to(solved.dtype)
+            loss = _kl_from_potentials(target, solved, divisor, log_a, log_b, f, g, state.mass()).to(solved.dtype)
             plan = state.plan_()
         scale_has_gradient = scale is not None and not detach_scale and ctx.needs_input_grad[0]
-        ctx.save_for_backward(plan, target, scale, solved if scale_has_gradient else None)
+        ctx.save_for_backward(plan, target, scale, *((solved, row_max) if scale_has_gradient else (None, None)))
         ctx.epsilon, ctx.cost_dtype, ctx.scale_has_gradient = epsilon, cost.dtype, scale_has_gradient
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        plan, target, scale, cost = ctx.saved_tensors
+        plan, target, scale, cost, row_max = ctx.saved_tensors
         coef = grad_loss.to(plan.dtype)[..., None, None] / ctx.epsilon  # (..., 1, 1)
         if scale is not None:
             coef = coef / scale
@@ -122,32 +125,36 @@ class SinkhornKLLoss(torch.autograd.Function):
         else:
             grad_cost.addcmul_(target, coef)
         if ctx.scale_has_gradient:
-            _add_scale_gradient(grad_cost, plan, target, cost, scale, coef)
+            _add_scale_gradient(grad_cost, plan, target, cost, row_max, scale, coef)
         return grad_cost.to(ctx.cost_dtype), None, None, None, None, None, None, None
 
 
 def _kl_from_potentials(
-    target: torch.Tensor | None, log_kernel: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
-    f: torch.Tensor, g: torch.Tensor, plan_mass: torch.Tensor,
+    target: torch.Tensor | None, cost: torch.Tensor, divisor: torch.Tensor | float, log_a: torch.Tensor,
+    log_b: torch.Tensor, f: torch.Tensor, g: torch.Tensor, plan_mass: torch.Tensor,
 ) -> torch.Tensor:
-    """``KL(T || P)`` per problem ``(...)`` from the potentials (divided by epsilon), in float64: ``T`` is the
-    identity coupling when `None`. Terms of zero-mass rows/columns are 0 (their potentials are ``-inf``)."""
+    """``KL(T || P)`` per problem ``(...)`` from the potentials (divided by epsilon) and the log-kernel
+    ``cost / divisor`` (``divisor = -s epsilon``, a float or ``(..., 1, 1)``), in float64: ``T`` is the identity
+    coupling when `None`. Terms of zero-mass rows/columns are 0 (their potentials are ``-inf``)."""
     a, b = log_a.exp().double(), log_b.exp().double()
     potential_terms = (torch.where(a > 0, a * f.double(), 0.0).sum(-1)
                        + torch.where(b > 0, b * g.double(), 0.0).sum(-1))
+    divisor = torch.as_tensor(divisor, dtype=torch.float64)
+    divisor = divisor[..., 0, 0] if divisor.dim() >= 2 else divisor  # (...) or ()
     if target is None:
-        size = log_kernel.shape[-1]
-        kernel_term = log_kernel.diagonal(dim1=-2, dim2=-1).double().sum(-1) / size
+        size = cost.shape[-1]
+        kernel_term = cost.diagonal(dim1=-2, dim2=-1).double().sum(-1) / size / divisor
         entropy, total = -math.log(size), 1.0
     else:
-        kernel_term = torch.einsum("...ij,...ij->...i", target, log_kernel).double().sum(-1)
+        kernel_term = torch.einsum("...ij,...ij->...i", target, cost).double().sum(-1) / divisor
         entropy, total = torch.special.xlogy(target, target).double().sum((-2, -1)), target.double().sum((-2, -1))
     return entropy - (potential_terms + kernel_term) - total + plan_mass.double()
 
 
-def _add_scale_gradient(grad_cost, plan, target, cost, scale, coef) -> None:
+def _add_scale_gradient(grad_cost, plan, target, cost, row_max, scale, coef) -> None:
     """Add the gradient that reaches the cost through ``s = max C`` (in place on ``grad_cost`` ``(..., n, m)``):
-    ``dL/ds = -coef * <T - P, C> / s`` with ``coef = dL / (s epsilon)``, shared evenly by the maximal entries."""
+    ``dL/ds = -coef * <T - P, C> / s`` with ``coef = dL / (s epsilon)``, shared evenly by the maximal entries (found
+    in the rows whose maximum ``row_max`` ``(..., n)`` is ``s``, so only those rows are compared)."""
     plan_cost = torch.einsum("...ij,...ij->...i", plan, cost).double().sum(-1)
     if target is None:
         target_cost = cost.diagonal(dim1=-2, dim2=-1).double().sum(-1) / cost.shape[-1]
@@ -156,9 +163,11 @@ def _add_scale_gradient(grad_cost, plan, target, cost, scale, coef) -> None:
     grad_scale = -coef[..., 0, 0].double() * (target_cost - plan_cost) / scale[..., 0, 0].double()  # (...)
     # A non-positive maximum is not used as the scale (no gradient): compare with NaN there, which equals nothing.
     n, m = cost.shape[-2:]
-    at_max = cost.reshape(-1, n, m) == torch.where(scale > 0, scale, torch.nan).reshape(-1, 1, 1)
-    problem, row, column = at_max.nonzero(as_tuple=True)
-    ties = torch.bincount(problem, minlength=at_max.shape[0]).clamp_min(1)
+    used_scale = torch.where(scale > 0, scale, torch.nan).reshape(-1)  # (problems,)
+    problem, row = (row_max.reshape(-1, n) == used_scale[:, None]).nonzero(as_tuple=True)
+    hit, column = (cost.reshape(-1, n, m)[problem, row] == used_scale[problem, None]).nonzero(as_tuple=True)
+    problem, row = problem[hit], row[hit]
+    ties = torch.bincount(problem, minlength=used_scale.shape[0]).clamp_min(1)
     share = (grad_scale.reshape(-1) / ties).to(grad_cost.dtype)
     grad_cost.view(-1, n, m).index_put_((problem, row, column), share[problem], accumulate=True)
 

@@ -78,7 +78,9 @@ def finish_solve(
     Raises `ValueError` instead of returning a NaN plan (a last guard behind
     :func:`hf_mltm.ot._utils.check_cost_values`)."""
     # Without a log-plan (a caller that needs only the plan), NaN potentials are the same signal.
-    nan_found = any(bool(torch.isnan(t).any()) for t in ([log_plan] if log_plan is not None else potentials))
+    # amax propagates NaN: one read of the (n, m) log-plan and no boolean copy of it.
+    nan_found = any(bool(torch.isnan(t.amax())) for t in ([log_plan] if log_plan is not None else potentials)
+                    if t.numel())
     if not bool(torch.isfinite(marginal_error).all()) or nan_found:
         raise ValueError(
             f"{solver} produced a non-finite plan (cost dtype {plan.dtype}, epsilon {epsilon:g}): the solve left the "

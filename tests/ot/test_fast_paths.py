@@ -7,7 +7,7 @@ import ot
 import pytest
 import torch
 
-from hf_mltm.ot import SinkhornKLLoss, duplicate_aware_target, mltm_loss, sinkhorn
+from hf_mltm.ot import SinkhornKLLoss, duplicate_aware_target, kl_to_plan, mltm_loss, sinkhorn
 from hf_mltm.ot.costs import EuclideanDistance
 from hf_mltm.ot.sinkhorn import _first_iteration
 
@@ -152,3 +152,16 @@ def test_first_iteration_falls_back_to_log_sum_exp_when_a_column_underflows(dtyp
     torch.testing.assert_close(result.plan.double(), torch.as_tensor(reference),
                                atol=1e-7 if dtype == torch.float32 else 1e-12, rtol=0)
     assert result.plan[:, 0].sum().item() == pytest.approx(1 / 9, rel=1e-5)
+
+
+def test_mltm_loss_rebuilds_its_consumed_log_kernel_when_a_column_underflows():
+    generator = torch.Generator().manual_seed(8)
+    cost = torch.rand(10, 10, generator=generator, dtype=torch.float64)
+    cost[:, 3] += 50.0  # the first iteration's kernel loses column 3: log-sum-exp fallback on the rebuilt log-kernel
+    cost.requires_grad_()
+    loss = mltm_loss(cost, 0.05, tol=1e-12, max_iter=20000)
+    (grad,) = torch.autograd.grad(loss, cost)
+    solved = sinkhorn(None, None, cost.detach(), 0.05, tol=1e-12, max_iter=20000)
+    target = torch.eye(10, dtype=torch.float64) / 10
+    torch.testing.assert_close(loss, kl_to_plan(target, solved.log_plan), atol=1e-10, rtol=0)
+    torch.testing.assert_close(grad, (target - solved.plan) / 0.05, atol=1e-10, rtol=0)

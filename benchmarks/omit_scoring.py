@@ -18,7 +18,14 @@ eps = 0.05, plan ``P`` by Sinkhorn, score ``sum(P * S)``. This script scores a f
 
 Forward+backward is the gradient of a VSE hinge loss (sum over negatives, margin 0.05, OMIT's warm-up loss) on the
 128 x 128 score matrix with respect to both fragment tensors; the per-pair loop, which has no score matrix,
-backpropagates the sum of its scores (its backward cost does not depend on the upstream gradient). Convergence is
+backpropagates the sum of its scores (its backward cost does not depend on the upstream gradient). Only about 12 %
+of the pairs get a non-zero gradient from the hinge, so a second forward+backward mode, ``forward_backward_infonce``
+(ours and the reference only), uses a loss that gives every pair one: symmetric InfoNCE
+(:func:`hf_mltm.ot.contrastive_loss`, temperature 0.05). In that mode the script also times, in the same round-robin,
+the three GEMMs of this size that both methods must run (``gemms``: the similarities ``(B R, d) x (d, C L)`` and, for
+a dense upstream gradient, the fragment gradients ``(B R, C L) x (C L, d)`` and ``(C L, B R) x (B R, d)``) and the
+same three over the valid tokens only (``gemms_valid_tokens``, ``C L`` -> the 71 % unpadded tokens): the reference time
+over these is the best ratio that a method made of GEMMs only could reach. Convergence is
 the L1 marginal violation ``||P 1 - a||_1 + ||P^T 1 - b||_1`` of the plan each method returns, recomputed here from the
 plans by one function, reported as the max (and median) over pairs. ``OUR_TOL`` = 0.04 keeps ours at least 10x below
 the reference's max over pairs after 3 iterations (0.58-0.62 on these inputs); the script checks and reports this.
@@ -33,11 +40,12 @@ caption's content words share concepts) and noise, so similarities spread from a
 caption lengths, hence the padded tokens (29 %), follow the real Flickr8k captions of the shared data (words + 2
 special tokens, clipped to 20).
 
-Usage: ``python benchmarks/omit_scoring.py [--quick]`` (quick: forward+backward only, fewer repeats, 16 per-pair
-solves, no memory children or tolerance sweep). The full run writes ``benchmarks/results/omit_scoring.json``
-(``omit_scoring_quick.json``, gitignored, with ``--quick``), prints a markdown table and, last, one line
-``speedup_vs_reference=<x> marginal_error=<e>``: the forward+backward throughput ratio ours / reference (fastest
-repeats; the smaller over R = 36 and 49) and our largest marginal error.
+Usage: ``python benchmarks/omit_scoring.py [--quick]`` (quick: the two forward+backward modes only, fewer repeats, 16
+per-pair solves, no memory children or tolerance sweep). The full run writes ``benchmarks/results/omit_scoring.json``
+(``omit_scoring_quick.json``, gitignored, with ``--quick``), prints a markdown table, the GEMM-floor table and, last,
+one line ``speedup_vs_reference=<x> marginal_error=<e> speedup_infonce=<y>``: the forward+backward (VSE) throughput
+ratio ours / reference (fastest repeats; the smaller over R = 36 and 49), our largest marginal error, and the same
+ratio with the InfoNCE loss.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ from typing import NamedTuple
 
 import torch
 
-from hf_mltm.ot import OTResult, fragment_ot_scores, sinkhorn, triplet_loss
+from hf_mltm.ot import OTResult, contrastive_loss, fragment_ot_scores, sinkhorn, triplet_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import memory_child, peak_memory  # noqa: E402
@@ -68,6 +76,7 @@ OUR_TOL = 0.04  # max L1 marginal error over pairs; the reference's 3 iterations
 OUR_MAX_ITER = 10_000
 REFERENCE_ITERATIONS, REFERENCE_FUDGE = 3, 1e-6  # as in the public code
 VSE_MARGIN = 0.05
+INFONCE_TEMPERATURE = 0.05
 PER_PAIR_SUBSET = {True: 16, False: 128}  # pairs timed in the per-pair loop (quick, full)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -185,6 +194,11 @@ def vse_loss(scores: torch.Tensor) -> torch.Tensor:
     return triplet_loss(scores, VSE_MARGIN, hardest_negative=False, reduction="sum")
 
 
+def infonce_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE (temperature 0.05) on the ``(B, B)`` score matrix: every pair gets a non-zero gradient."""
+    return contrastive_loss(scores, INFONCE_TEMPERATURE)
+
+
 def leaves(fragments: Fragments, grad: bool, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh leaf copies of the two fragment tensors (requiring grad for a backward run)."""
     return (fragments.image.to(dtype).detach().requires_grad_(grad),
@@ -192,8 +206,10 @@ def leaves(fragments: Fragments, grad: bool, dtype: torch.dtype = torch.float32)
 
 
 def run_ours(fragments: Fragments, grad: bool, tol: float = OUR_TOL, return_plans: bool = False,
-             dtype: torch.dtype = torch.float32) -> tuple[OTResult, tuple[torch.Tensor, torch.Tensor]]:
-    """Score all pairs with the batched solver; with ``grad``, backpropagate the VSE loss to both fragment tensors.
+             dtype: torch.dtype = torch.float32, loss: Callable[[torch.Tensor], torch.Tensor] = vse_loss,
+             ) -> tuple[OTResult, tuple[torch.Tensor, torch.Tensor]]:
+    """Score all pairs with the batched solver; with ``grad``, backpropagate ``loss`` (default: the VSE loss) to both
+    fragment tensors.
 
     Returns:
         The solver's result (``value``: scores (B, B), ``plan`` or ``None``, ``marginal_error``, ``n_iter``) and the two
@@ -204,7 +220,7 @@ def run_ours(fragments: Fragments, grad: bool, tol: float = OUR_TOL, return_plan
         result = fragment_ot_scores(image, text, text_mask=fragments.text_mask, epsilon=EPSILON, tol=tol,
                                     max_iter=OUR_MAX_ITER, return_plans=return_plans)
         if grad:
-            vse_loss(result.value).backward()
+            loss(result.value).backward()
     return result, (image, text)
 
 
@@ -249,8 +265,10 @@ def reference_scores(image: torch.Tensor, text: torch.Tensor, text_lengths: torc
 
 def run_reference(fragments: Fragments, grad: bool, iterations: int = REFERENCE_ITERATIONS,
                   fudge: float = REFERENCE_FUDGE, dtype: torch.dtype = torch.float32,
+                  loss: Callable[[torch.Tensor], torch.Tensor] = vse_loss,
                   ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Reference-style scores of all pairs; with ``grad``, backpropagate the VSE loss through the iterations.
+    """Reference-style scores of all pairs; with ``grad``, backpropagate ``loss`` (default: the VSE loss) through the
+    iterations.
 
     Returns:
         ``scores`` (B, B), ``plans`` (B, B, R, L) and the two leaves.
@@ -259,7 +277,7 @@ def run_reference(fragments: Fragments, grad: bool, iterations: int = REFERENCE_
     with torch.set_grad_enabled(grad):
         scores, plans = reference_scores(image, text, fragments.text_lengths, iterations, fudge)
         if grad:
-            vse_loss(scores).backward()
+            loss(scores).backward()
     return scores, plans, (image, text)
 
 
@@ -321,17 +339,45 @@ def per_pair_marginal_errors(plans: list[torch.Tensor]) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------------ benchmarks
 METHODS = ("ours", "reference", "per_pair")
-MODES = ("forward", "forward_backward")
+MODES = ("forward", "forward_backward", "forward_backward_infonce")
+LOSSES = {"forward_backward": vse_loss, "forward_backward_infonce": infonce_loss}
+GEMM_METHODS = ("gemms", "gemms_valid_tokens")  # timed beside ours and the reference in the InfoNCE mode
+
+
+def mode_methods(mode: str) -> tuple[str, ...]:
+    """The methods timed in ``mode``: the per-pair loop only with the VSE loss (its backward ignores the loss), the
+    GEMM floor only with InfoNCE."""
+    return ("ours", "reference", *GEMM_METHODS) if mode == "forward_backward_infonce" else METHODS
+
+
+def gemm_floor(fragments: Fragments, valid_tokens_only: bool = False) -> Callable[[], object]:
+    """The three GEMMs of a dense forward+backward, alone: ``S = V W^T`` ``(B R, d) x (d, C L)``, then, for an
+    upstream gradient ``G = dL/dS`` ``(B R, C L)``, ``G W`` and ``G^T V``. With ``valid_tokens_only`` the ``C L``
+    token columns are cut to the valid (unpadded) tokens. ``G`` is random: the cost does not depend on its values."""
+    image = fragments.image.reshape(-1, DIM)
+    text = fragments.text.reshape(-1, DIM)
+    if valid_tokens_only:
+        text = text[fragments.text_mask.reshape(-1)].contiguous()
+    upstream = torch.randn(len(image), len(text), generator=torch.Generator().manual_seed(0))
+
+    def run() -> None:
+        torch.mm(image, text.T)
+        torch.mm(upstream, text)
+        torch.mm(upstream.T, image)
+
+    return run
 
 
 def job(key: str, quick: bool = False, tol: float = OUR_TOL) -> Callable[[], object]:
     """A zero-argument callable for ``mode:method:regions`` (also what the memory child runs)."""
     mode, method, regions = key.split(":")
-    fragments, grad = make_fragments(int(regions)), mode == "forward_backward"
+    fragments, grad, loss = make_fragments(int(regions)), mode in LOSSES, LOSSES.get(mode, vse_loss)
     if method == "ours":
-        return lambda: run_ours(fragments, grad, tol=tol)
+        return lambda: run_ours(fragments, grad, tol=tol, loss=loss)
     if method == "reference":
-        return lambda: run_reference(fragments, grad)
+        return lambda: run_reference(fragments, grad, loss=loss)
+    if method in GEMM_METHODS:
+        return gemm_floor(fragments, valid_tokens_only=method == "gemms_valid_tokens")
     pairs = per_pair_subset(PER_PAIR_SUBSET[quick])
     return lambda: run_per_pair(fragments, grad, pairs)
 
@@ -424,18 +470,24 @@ def converged_parity(batch: int = 16, regions: int = 36, iterations: int = 200) 
 def schedule(quick: bool) -> tuple[dict[str, int], dict[str, int]]:
     """Timed repeats and warm-up calls per method."""
     if quick:
-        return {"ours": 2, "reference": 2, "per_pair": 1}, {"ours": 1, "reference": 0, "per_pair": 0}
-    return {"ours": 7, "reference": 5, "per_pair": 2}, {"ours": 2, "reference": 1, "per_pair": 1}
+        repeats, warmup = {"ours": 2, "reference": 2, "per_pair": 1}, {"ours": 1, "reference": 0, "per_pair": 0}
+    else:
+        repeats, warmup = {"ours": 7, "reference": 5, "per_pair": 2}, {"ours": 2, "reference": 1, "per_pair": 1}
+    for method in GEMM_METHODS:
+        repeats[method], warmup[method] = repeats["ours"], 1
+    return repeats, warmup
 
 
 def run_benchmarks(quick: bool) -> list[dict]:
-    """Time every method, mode (forward+backward only with ``quick``) and R; peak memory in full runs."""
+    """Time every method, mode (the forward+backward modes only with ``quick``) and R; peak memory in full runs."""
     rows = []
     repeats, warmup = schedule(quick)
     for regions in REGIONS:
-        for mode in ("forward_backward",) if quick else MODES:
-            keys = {method: f"{mode}:{method}:{regions}" for method in METHODS}
-            timings = measure_interleaved({method: job(key, quick) for method, key in keys.items()}, repeats, warmup)
+        for mode in MODES[1:] if quick else MODES:
+            keys = {method: f"{mode}:{method}:{regions}" for method in mode_methods(mode)}
+            timings = measure_interleaved({method: job(key, quick) for method, key in keys.items()},
+                                          {method: repeats[method] for method in keys},
+                                          {method: warmup[method] for method in keys})
             for method, stats in timings.items():
                 pairs = PER_PAIR_SUBSET[quick] if method == "per_pair" else BATCH * BATCH
                 scale = BATCH * BATCH / pairs  # extrapolation factor of the per-pair loop
@@ -444,11 +496,11 @@ def run_benchmarks(quick: bool) -> list[dict]:
                              seconds_for_batch=seconds, median_seconds_for_batch=median,
                              pairs_per_s=BATCH * BATCH / seconds, pairs_per_s_median=BATCH * BATCH / median)
                 rows.append(stats)
-                print(f"{mode:16s} {method:9s} R={regions}  {stats['pairs_per_s']:10.0f} pairs/s  ({seconds:.3f} s "
+                print(f"{mode:24s} {method:18s} R={regions}  {stats['pairs_per_s']:10.0f} pairs/s  ({seconds:.3f} s "
                       f"per {BATCH}x{BATCH}{', extrapolated' if method == 'per_pair' else ''})", flush=True)
     # Peak memory, one fresh process per configuration (full run only): the batched methods' forward+backward.
     for row in rows:
-        measured = not quick and row["method"] != "per_pair" and row["mode"] == "forward_backward"
+        measured = not quick and row["method"] in ("ours", "reference") and row["mode"] in LOSSES
         row["peak_mb"] = memory_child(row["key"]) if measured else None
     return rows
 
@@ -471,20 +523,56 @@ def tolerance_sweep(regions: int = 36, tolerances: tuple[float, ...] = (0.04, 1e
 
 def markdown_table(rows: list[dict], errors: dict[int, dict]) -> str:
     """The results as a markdown table: one line per method and R."""
-    lines = ["| method | R | pairs timed | forward pairs/s | fwd+bwd pairs/s | fwd+bwd s per 128x128 (min / median) "
-             "| marginal error max / median | peak MB (fwd+bwd) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | R | pairs timed | forward pairs/s | fwd+bwd VSE pairs/s | VSE s per 128x128 (min / median) "
+             "| fwd+bwd InfoNCE pairs/s | InfoNCE s per 128x128 (min / median) | marginal error max / median "
+             "| peak MB VSE / InfoNCE |", "|---|---|---|---|---|---|---|---|---|---|"]
     by_key = {(row["method"], row["mode"], row["regions"]): row for row in rows}
+
+    def cells(row: dict | None) -> tuple[str, str]:
+        if row is None:
+            return "-", "-"
+        return (f"{row['pairs_per_s']:.0f}",
+                f"{row['seconds_for_batch']:.3f} / {row['median_seconds_for_batch']:.3f}")
+
     for regions in sorted({row["regions"] for row in rows}):
         for method in METHODS:
             backward = by_key[method, "forward_backward", regions]
+            infonce = by_key.get((method, "forward_backward_infonce", regions))
             forward = by_key.get((method, "forward", regions))
             rate = "-" if forward is None else f"{forward['pairs_per_s']:.0f}"
             error = errors[regions][method]
-            peak = "-" if backward["peak_mb"] is None else f"{backward['peak_mb']:.0f}"
+            peaks = [row["peak_mb"] for row in (backward, infonce) if row is not None and row["peak_mb"] is not None]
+            peak = " / ".join(f"{value:.0f}" for value in peaks) or "-"
             timed = str(backward["pairs_timed"]) + (" (extrapolated)" if method == "per_pair" else "")
-            lines.append(f"| {method} | {regions} | {timed} | {rate} | {backward['pairs_per_s']:.0f} | "
-                         f"{backward['seconds_for_batch']:.3f} / {backward['median_seconds_for_batch']:.3f} | "
-                         f"{error['max']:.2e} / {error['median']:.1e} | {peak} |")
+            lines.append(f"| {method} | {regions} | {timed} | {rate} | {' | '.join(cells(backward))} | "
+                         f"{' | '.join(cells(infonce))} | {error['max']:.2e} / {error['median']:.1e} | {peak} |")
+    return "\n".join(lines)
+
+
+def gemm_floor_summary(rows: list[dict]) -> dict[int, dict[str, float]]:
+    """Per R, from the fastest repeats of the InfoNCE mode: our and the reference's time, the three GEMMs' time (all
+    tokens, valid tokens only), the best ratio a GEMM-only method could reach (reference / GEMMs) and our time beyond
+    the GEMMs."""
+    seconds = {(row["method"], row["regions"]): row["min_s"] for row in rows if row["mode"] == "forward_backward_infonce"}
+    summary = {}
+    for regions in sorted({regions for _, regions in seconds}):
+        ours, reference = seconds["ours", regions], seconds["reference", regions]
+        gemms, valid = seconds["gemms", regions], seconds["gemms_valid_tokens", regions]
+        summary[regions] = {"ours_s": ours, "reference_s": reference, "gemms_s": gemms, "gemms_valid_tokens_s": valid,
+                            "speedup": reference / ours, "ceiling_all_tokens": reference / gemms,
+                            "ceiling_valid_tokens": reference / valid, "ours_beyond_gemms_s": ours - gemms,
+                            "ours_gemm_share": gemms / ours}
+    return summary
+
+
+def gemm_floor_table(floor: dict[int, dict[str, float]]) -> str:
+    """:func:`gemm_floor_summary` as a markdown table."""
+    lines = ["| R | ours s | reference s | ratio | 3 GEMMs s | reference / GEMMs | ours beyond GEMMs s "
+             "| 3 GEMMs, valid tokens s | reference / valid-token GEMMs |", "|---|---|---|---|---|---|---|---|---|"]
+    for regions, row in floor.items():
+        lines.append(f"| {regions} | {row['ours_s']:.3f} | {row['reference_s']:.3f} | {row['speedup']:.2f}x | "
+                     f"{row['gemms_s']:.3f} | {row['ceiling_all_tokens']:.2f}x | {row['ours_beyond_gemms_s']:.3f} | "
+                     f"{row['gemms_valid_tokens_s']:.3f} | {row['ceiling_valid_tokens']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -499,7 +587,8 @@ def ratios(rows: list[dict], mode: str, slow: str, statistic: str = "min_s") -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="forward+backward only, fewer repeats, 16 per-pair solves, no memory children or sweep")
+                        help="the forward+backward modes only, fewer repeats, 16 per-pair solves, no memory children "
+                             "or sweep")
     parser.add_argument("--memory-for", help=argparse.SUPPRESS)  # child mode: one job key
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -520,8 +609,15 @@ def main() -> None:
     our_error = max(error["ours"]["max"] for error in errors.values())
     error_ratio = min(error["reference"]["max"] / error["ours"]["max"] for error in errors.values())
     forward_backward = ratios(rows, "forward_backward", "reference")
+    infonce = ratios(rows, "forward_backward_infonce", "reference")
+    floor = gemm_floor_summary(rows)
     summary = {
         "speedup_vs_reference": min(forward_backward.values()),
+        "speedup_infonce": min(infonce.values()),
+        "speedup_vs_reference_forward_backward_infonce": infonce,
+        "speedup_vs_reference_forward_backward_infonce_median_times": ratios(rows, "forward_backward_infonce",
+                                                                            "reference", "median_s"),
+        "gemm_floor_infonce": floor,
         "speedup_vs_reference_forward_backward": forward_backward,
         "speedup_vs_reference_forward_backward_median_times": ratios(rows, "forward_backward", "reference",
                                                                     "median_s"),
@@ -538,6 +634,7 @@ def main() -> None:
                    "processor": platform.processor(), "load_average_1min": os.getloadavg()[0], "quick": args.quick}
     settings = {"batch": BATCH, "regions": list(REGIONS), "tokens": TOKENS, "dim": DIM, "epsilon": EPSILON,
                 "reference_iterations": REFERENCE_ITERATIONS, "vse_margin": VSE_MARGIN,
+                "infonce_temperature": INFONCE_TEMPERATURE,
                 "per_pair_subset": PER_PAIR_SUBSET[args.quick], "repeats_and_warmup": schedule(args.quick)}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / ("omit_scoring_quick.json" if args.quick else "omit_scoring.json")
@@ -547,7 +644,11 @@ def main() -> None:
     print()
     print(markdown_table(rows, errors))
     print()
-    print(f"speedup_vs_reference={summary['speedup_vs_reference']:.2f} marginal_error={our_error:.2e}")
+    print("GEMM floor, forward+backward with InfoNCE (fastest repeats):")
+    print(gemm_floor_table(floor))
+    print()
+    print(f"speedup_vs_reference={summary['speedup_vs_reference']:.2f} marginal_error={our_error:.2e} "
+          f"speedup_infonce={summary['speedup_infonce']:.2f}")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,12 @@ batched matrix-vector products over ``K``; convergence is checked on the L1 marg
 gradient is exact at the computed plan by implicit differentiation of the Sinkhorn fixed point (the adjoint of the
 marginal constraints: one ``L x L`` (``(L+1) x (L+1)`` partial) float64 solve per pair), so nothing is unrolled; it
 agrees with autograd through thousands of float64 iterations. With one chunk the backward reuses the forward's
-similarities and plans (``O(B C R L)`` memory); with ``pair_chunk_size`` only the scalings ``(B, C, R + L)`` are kept
-and ``S`` and ``P`` are recomputed chunk by chunk, so peak memory is ``O(pair_chunk_size * R * L)``.
+similarities, plans and ``P * S`` (``O(B C R L)`` memory); with ``pair_chunk_size`` only the scalings
+``(B, C, R + L)`` are kept and ``S`` and ``P`` are recomputed chunk by chunk, so peak memory is
+``O(pair_chunk_size * R * L)``. The similarities stay in the layout of their GEMM ``(B R, d) x (d, C L)``. When few
+pairs carry gradient (a hinge loss), the backward works pair by pair. Otherwise (InfoNCE) one adjoint solve per
+pair serves any loss weights, and the gradient ``dL/dS`` is written over the similarities in place. The two
+fragment-gradient GEMMs then read it without a copy and skip padded tokens.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ __all__ = ["fragment_ot_scores"]
 _FLOAT32_MIN_EPSILON = 0.03
 # At most this fraction of pairs with upstream gradient, the backward works pair by pair (`_accumulate_sparse`).
 _SPARSE_BACKWARD_DENSITY = 0.25
+# With at least this fraction of the C L token slots padding for every pair, the dense backward's two
+# fragment-gradient GEMMs run over the used tokens only (their gradient columns are exactly zero elsewhere).
+_PACK_MIN_PADDING = 0.1
 _MIN_EPSILON = 0.003
 
 
@@ -75,7 +82,10 @@ def _used_fragments(fragments: torch.Tensor, used: torch.Tensor, side: str) -> t
     zeroing it keeps NaN out of the similarities, where ``0 * NaN`` in the scaling updates would poison the whole
     pair even though padding carries no mass (``masked_fill`` is not in place, so gradients still flow, as 0)."""
     used = used.expand(fragments.shape[:2])
-    bad = used & ~torch.isfinite(fragments).all(-1)
+    # A non-finite entry makes its row sum non-finite; only such rows (rare) are checked entry by entry.
+    bad = used & ~torch.isfinite(fragments.sum(-1))
+    if bool(bad.any()):
+        bad[bad.clone()] = ~torch.isfinite(fragments[bad]).all(-1)
     if bool(bad.any()):
         index, fragment = bad.nonzero()[0].tolist()
         raise ValueError(
@@ -98,6 +108,11 @@ class _Problem:
         self.text_fragments = _used_fragments(text_fragments, self.text_mask.any(0), "text")
         self.epsilon, self.mass, self.solver, self.chunk_rows = epsilon, mass, solver, chunk_rows
         self.shape = (B, C, R, L)
+        used_tokens = self.text_mask.any(0).expand(C, L).reshape(-1)
+        # flat indices of the tokens some pair uses, when enough are padding to be worth gathering
+        self.token_columns = None
+        if 1 - float(used_tokens.float().mean()) >= _PACK_MIN_PADDING:
+            self.token_columns = used_tokens.nonzero()[:, 0]
 
     def chunks(self):
         B = self.shape[0]
@@ -105,8 +120,13 @@ class _Problem:
             yield slice(start, min(start + self.chunk_rows, B))
 
     def similarity(self, rows: slice) -> torch.Tensor:
-        # One GEMM; made contiguous once, as every later batched matrix-vector product needs (b, C, R, L) storage.
-        return torch.einsum("brd,cld->bcrl", self.image_fragments[rows], self.text_fragments).contiguous()
+        """Similarities ``(b, R, C, L)`` of the chunk's pairs as one GEMM ``(b R, d) x (d, C L)`` writes them: pair
+        ``(i, j)`` is the block ``[i, :, j, :]`` (`_pairwise` gives the ``(b, C, R, L)`` view). Kept in this layout so
+        that no copy is made here and the dense backward's two fragment-gradient GEMMs read their operand in place."""
+        image = self.image_fragments[rows]
+        b, R, d = image.shape
+        _, C, _, L = self.shape
+        return torch.mm(image.reshape(b * R, d), self.text_fragments.reshape(C * L, d).T).view(b, R, C, L)
 
     def marginals(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Uniform marginals ``(b, C, R)``, ``(b, C, L)`` over the valid fragments of each pair of the chunk (zero on
@@ -215,9 +235,18 @@ def _kernel_sinkhorn(kernel, a, b, slack, max_iter, tol, check_every):
     return _Solution(solution["u"], solution["v"], solution.get("u_dummy"), solution.get("v_dummy")), error, iteration
 
 
+def _pairwise(similarity: torch.Tensor) -> torch.Tensor:
+    """The ``(b, C, R, L)`` view (one ``R x L`` block per pair) of GEMM-layout similarities ``(b, R, C, L)``."""
+    return similarity.permute(0, 2, 1, 3)
+
+
 def _kernel(similarity: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``K = exp((S - 1) / eps)`` ``(b, C, R, L)``, entries in ``[exp(-2/eps), 1]``."""
-    return similarity.sub(1).div_(epsilon).exp_()
+    """``K = exp((S - 1) / eps)``, entries in ``[exp(-2/eps), 1]``, stored per pair ``(b, C, R, L)`` (contiguous, as
+    the batched matrix-vector products need) from the GEMM-layout similarities ``(b, R, C, L)``; the first pass does
+    the layout change."""
+    b, R, C, L = similarity.shape
+    kernel = similarity.new_empty(b, C, R, L)
+    return torch.sub(_pairwise(similarity), 1, out=kernel).div_(epsilon).exp_()
 
 
 def _plan(kernel: torch.Tensor, solution: _Solution) -> torch.Tensor:
@@ -226,7 +255,8 @@ def _plan(kernel: torch.Tensor, solution: _Solution) -> torch.Tensor:
 
 
 def _solve_chunk(problem: _Problem, rows: slice, similarity: torch.Tensor):
-    """Scores ``(b, C)``, plans, `_Solution`, per-pair error and iterations of one chunk."""
+    """Scores ``(b, C)``, plans and ``P * S`` ``(b, C, R, L)``, `_Solution`, per-pair error and iterations of one
+    chunk."""
     a, b = problem.marginals(rows)
     kernel = _kernel(similarity, problem.epsilon)
     shape = kernel.shape
@@ -235,8 +265,9 @@ def _solve_chunk(problem: _Problem, rows: slice, similarity: torch.Tensor):
     solution = _Solution(*(None if value is None else value.reshape(*shape[:-2], *value.shape[1:]) for value in flat))
     error = error.reshape(shape[:-2])
     plan = _plan(kernel, solution)  # (b, C, R, L)
-    scores = (plan * similarity).sum((-2, -1)) / problem.mass
-    return scores, plan, solution, error, n_iter
+    product = torch.mul(plan, _pairwise(similarity), out=torch.empty_like(plan))
+    scores = product.sum((-2, -1)) / problem.mass
+    return scores, plan, product, solution, error, n_iter
 
 
 def _augmented_plan(plan: torch.Tensor, solution: _Solution) -> torch.Tensor:
@@ -250,8 +281,8 @@ def _augmented_plan(plan: torch.Tensor, solution: _Solution) -> torch.Tensor:
 
 def _solve_all(problem: _Problem, return_plans: bool, keep_for_backward: bool):
     """Solve every chunk without gradient. Returns scores ``(B, C)``, plans or ``None``, per chunk the
-    `_Solution` (and, with ``keep_for_backward`` and a single chunk, the similarities and plan so the backward
-    need not recompute them), the marginal error of every pair ``(B, C)`` and the most iterations."""
+    `_Solution` (and, with ``keep_for_backward`` and a single chunk, the similarities, plan and ``P * S`` so the
+    backward need not recompute them), the marginal error of every pair ``(B, C)`` and the most iterations."""
     B, C, R, L = problem.shape
     scores = problem.image_fragments.new_empty(B, C)
     plans = problem.image_fragments.new_empty(B, C, R, L) if return_plans else None
@@ -260,39 +291,53 @@ def _solve_all(problem: _Problem, return_plans: bool, keep_for_backward: bool):
     with torch.no_grad():
         for rows in problem.chunks():
             similarity = problem.similarity(rows)
-            chunk_scores, plan, solution, error, iterations = _solve_chunk(problem, rows, similarity)
+            chunk_scores, plan, product, solution, error, iterations = _solve_chunk(problem, rows, similarity)
             scores[rows] = chunk_scores
             if plans is not None:
                 plans[rows] = plan
-            cached = (similarity, plan) if keep_for_backward and single_chunk else None
+            cached = (similarity, plan, product) if keep_for_backward and single_chunk else None
             saved.append((solution, cached))
             errors.append(error)  # (b, C)
             n_iter = max(n_iter, iterations)
     return scores, plans, saved, torch.cat(errors), n_iter
 
 
-def _adjoint_gradient(plan: torch.Tensor, upstream: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``dL/dC`` ``(..., n, m)`` of ``L(P*(C))`` given ``dL/dP*`` (``upstream``), by implicit differentiation.
+def _adjoint_multipliers(plan: torch.Tensor, row_rhs: torch.Tensor, col_rhs: torch.Tensor,
+                         scratch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The multipliers ``(lambda, mu)`` ``(..., n)``, ``(..., m)`` of the implicit gradient (`_adjoint_gradient`) for
+    plans ``(..., n, m)`` and right-hand sides ``row_rhs = rowsum(P * H)``, ``col_rhs = colsum(P * H)``.
 
-    At the fixed point ``P_ij = exp((f_i + g_j - C_ij)/eps)`` with fixed marginals, differentiating the constraints
-    gives ``dL/dC = P * (lambda_i + mu_j - H_ij) / eps`` where ``(lambda, mu)`` solve the symmetric system
-    ``[[diag(P 1), P], [P^T, diag(P^T 1)]] [lambda; mu] = [rowsum(P * H); colsum(P * H)]`` (``H = upstream``). Its one
-    null direction ``(1, -1)`` cancels in ``lambda_i + mu_j``; it is removed by adding ``v v^T`` to the Schur
-    complement on ``mu`` (``v`` the valid columns). The marginals used are those of the computed plan, so the
-    system is consistent even before full convergence. The ``m x m`` Schur systems are solved in float64.
+    They solve ``[[diag(P 1), P], [P^T, diag(P^T 1)]] [lambda; mu] = [row_rhs; col_rhs]``. Its one null direction
+    ``(1, -1)`` cancels in ``lambda_i + mu_j``; it is removed by adding ``v v^T`` to the Schur complement on ``mu``
+    (``v`` the valid columns). The marginals used are those of the computed plan, so the system is consistent even
+    before full convergence. The ``m x m`` Schur systems are solved in float64. ``scratch`` (the plans' shape and
+    dtype), when given, holds the row-scaled plans instead of a new tensor.
     """
-    weighted = plan * upstream
-    row_rhs, col_rhs = weighted.sum(-1), weighted.sum(-2)  # (..., n), (..., m)
     row_mass, col_mass = plan.sum(-1), plan.sum(-2)
     inv_row = torch.where(row_mass > 0, 1 / row_mass.clamp_min(torch.finfo(plan.dtype).tiny), 0)
     valid = (col_mass > 0).to(torch.float64)
     n, m = plan.shape[-2:]
-    flat = plan.reshape(-1, n, m)
-    gram = torch.bmm(flat.transpose(1, 2), (plan * inv_row[..., None]).reshape(-1, n, m)).view(*plan.shape[:-2], m, m)
-    schur = torch.diag_embed(col_mass.double() + (1 - valid)) - gram.double() + valid[..., :, None] * valid[..., None, :]
+    scaled = torch.mul(plan, inv_row[..., None], out=scratch) if scratch is not None else plan * inv_row[..., None]
+    gram = torch.bmm(plan.reshape(-1, n, m).transpose(1, 2), scaled.reshape(-1, n, m)).view(*plan.shape[:-2], m, m)
+    # diag(col_mass + 1 - valid) - gram + v v^T, built in place (the same values as building it term by term)
+    schur = gram.double().neg_()
+    schur.diagonal(dim1=-2, dim2=-1).add_(col_mass.double() + (1 - valid))
+    schur.addcmul_(valid[..., :, None], valid[..., None, :])
     rhs = col_rhs - ((row_rhs * inv_row)[..., None, :] @ plan)[..., 0, :]
     mu = torch.linalg.solve(schur, rhs.double()).to(plan.dtype)  # (..., m)
     lam = (row_rhs - _matvec(plan, mu)) * inv_row
+    return lam, mu
+
+
+def _adjoint_gradient(plan: torch.Tensor, upstream: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``dL/dC`` ``(..., n, m)`` of ``L(P*(C))`` given ``dL/dP*`` (``upstream``), by implicit differentiation.
+
+    At the fixed point ``P_ij = exp((f_i + g_j - C_ij)/eps)`` with fixed marginals, differentiating the constraints
+    gives ``dL/dC = P * (lambda_i + mu_j - H_ij) / eps`` where ``(lambda, mu)`` solve the symmetric system of
+    `_adjoint_multipliers` (``H = upstream``).
+    """
+    weighted = plan * upstream
+    lam, mu = _adjoint_multipliers(plan, weighted.sum(-1), weighted.sum(-2))
     weighted.sub_(plan * (lam[..., :, None] + mu[..., None, :]))  # P * (H - lambda_i - mu_j)
     return weighted.div_(-epsilon)
 
@@ -309,6 +354,46 @@ def _pair_gradient(similarity, plan, solution: _Solution, weight, epsilon: float
         grad_cost = _adjoint_gradient(full_plan, F.pad(upstream, (0, 1, 0, 1)), epsilon)[..., :R, :L]
     # score = <P, S> / mass with cost 1 - S: the explicit term plus the term through the plan.
     return grad_cost.neg_().add_(weight * plan)
+
+
+def _dense_gradient(similarity: torch.Tensor, plan: torch.Tensor, product: torch.Tensor | None, solution: _Solution,
+                    weight: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``dL/dS`` of ``L = sum(weight * score)`` for every pair of a chunk, written over ``similarity``.
+
+    With ``dL/dP = w S`` on the real block, the multipliers of `_adjoint_multipliers` are ``w`` times those of
+    ``dL/dP = S``, so one solve serves any weights and the gradient of a pair is
+
+    ``dL/dS = w P + P (w S - lambda_r - mu_l) / eps = (w / eps) P (S + eps - lambda'_r - mu'_l)``
+
+    (``lambda'``, ``mu'`` for ``dL/dP = S``; pairs with ``w = 0`` get exactly 0). It is built with four in-place
+    passes over ``similarity`` and one scratch tensor (``product``), instead of the many full-size temporaries of
+    `_pair_gradient`, and is left in the GEMM layout that the fragment-gradient products read without a copy.
+
+    Args:
+        similarity (`torch.Tensor` of shape `(b, R, C, L)`): GEMM-layout similarities (`_Problem.similarity`);
+            overwritten with the gradient.
+        plan (`torch.Tensor` of shape `(b, C, R, L)`): the plans (real block).
+        product (`torch.Tensor` of shape `(b, C, R, L)`, *optional*): ``P * S`` from the forward (computed when
+            `None`); overwritten.
+        solution (`_Solution`): the scalings (their dummy entries give the plan of a partial transport).
+        weight (`torch.Tensor` of shape `(b, C)`): ``dL/dscore / mass``.
+        epsilon (`float`): the entropic regularisation.
+
+    Returns:
+        `torch.Tensor` of shape `(b, R, C, L)`: ``dL/dS`` (the ``similarity`` storage).
+    """
+    R, L = plan.shape[-2:]
+    if product is None:
+        product = torch.mul(plan, _pairwise(similarity), out=torch.empty_like(plan))
+    row_rhs, col_rhs = product.sum(-1), product.sum(-2)
+    if solution.u_dummy is None:
+        lam, mu = _adjoint_multipliers(plan, row_rhs, col_rhs, scratch=product)
+    else:  # the dummy row and column have no upstream gradient (they do not enter the score)
+        lam, mu = _adjoint_multipliers(_augmented_plan(plan, solution), F.pad(row_rhs, (0, 1)), F.pad(col_rhs, (0, 1)))
+        lam, mu = lam[..., :R], mu[..., :L]
+    del product
+    gradient = similarity.sub_((lam - epsilon).transpose(1, 2)[..., None]).sub_(mu[:, None])  # S + eps - lam - mu
+    return gradient.mul_(_pairwise(plan)).mul_((weight / epsilon)[:, None, :, None])
 
 
 def _accumulate_sparse(pairs, pair_grads, image_chunk, text_fragments, grad_image, grad_text) -> None:
@@ -351,35 +436,46 @@ class _FragmentOTScoreFunction(torch.autograd.Function):
     def backward(ctx, grad_scores):
         image_fragments, text_fragments = ctx.saved_tensors
         problem: _Problem = ctx.problem
-        grad_image = torch.zeros_like(image_fragments) if ctx.needs_input_grad[0] else None
-        grad_text = torch.zeros_like(text_fragments) if ctx.needs_input_grad[1] else None
-        for rows, (solution, cached) in zip(problem.chunks(), ctx.saved, strict=True):
+        _, C, _, L = problem.shape
+        dim = image_fragments.shape[-1]
+        new_zeros = {"dtype": image_fragments.dtype, "device": image_fragments.device}  # contiguous, for the GEMMs
+        grad_image = torch.zeros(image_fragments.shape, **new_zeros) if ctx.needs_input_grad[0] else None
+        grad_text = torch.zeros(text_fragments.shape, **new_zeros) if ctx.needs_input_grad[1] else None
+        for index, rows in enumerate(problem.chunks()):
+            solution, cached = ctx.saved[index]  # by index: what is dropped from ctx.saved below is freed
             if cached is not None:
-                similarity, plan = cached
+                similarity, plan, product = cached
             else:
-                similarity = problem.similarity(rows)
+                similarity, product = problem.similarity(rows), None
                 plan = _plan(_kernel(similarity, problem.epsilon), solution)
             weight = grad_scores[rows] / problem.mass  # (b, C): dL/dscore / mass
             pairs = weight != 0  # pairs without upstream gradient (e.g. inactive hinge terms) contribute nothing
             image_chunk = image_fragments[rows]
             if float(pairs.float().mean()) <= _SPARSE_BACKWARD_DENSITY:
+                if cached is not None:  # only the dense gradient uses P * S: free it before the per-pair work
+                    ctx.saved[index] = (solution, (similarity, plan, None))
+                    del cached, product
                 pair_solution = _Solution(*(None if value is None else value[pairs] for value in solution))
-                pair_grads = _pair_gradient(similarity[pairs], plan[pairs], pair_solution, weight[pairs],
+                pair_grads = _pair_gradient(_pairwise(similarity)[pairs], plan[pairs], pair_solution, weight[pairs],
                                             problem.epsilon)  # (n, R, L), pairs in row-major order
                 _accumulate_sparse(pairs, pair_grads, image_chunk, text_fragments,
                                    None if grad_image is None else grad_image[rows], grad_text)
                 continue
-            if bool(pairs.all()):
-                grad_similarity = _pair_gradient(similarity, plan, solution, weight, problem.epsilon)
-            else:
-                grad_similarity = torch.zeros_like(similarity)
-                pair_solution = _Solution(*(None if value is None else value[pairs] for value in solution))
-                grad_similarity[pairs] = _pair_gradient(similarity[pairs], plan[pairs], pair_solution,
-                                                        weight[pairs], problem.epsilon)
+            if cached is not None:  # the gradient overwrites the cached tensors: a second backward recomputes them
+                ctx.saved[index] = (solution, None)
+            grad_similarity = _dense_gradient(similarity, plan, product, solution, weight, problem.epsilon)
+            grad_similarity = grad_similarity.view(-1, C * L)  # (b R, C L)
+            columns, tokens = problem.token_columns, text_fragments.reshape(C * L, dim)
+            if columns is not None:  # padded tokens have exactly zero gradient columns: leave them out of the GEMMs
+                grad_similarity, tokens = grad_similarity.index_select(1, columns), tokens[columns]
             if grad_image is not None:
-                grad_image[rows] = torch.einsum("bcrl,cld->brd", grad_similarity, text_fragments)
-            if grad_text is not None:
-                grad_text += torch.einsum("bcrl,brd->cld", grad_similarity, image_chunk)
+                torch.mm(grad_similarity, tokens, out=grad_image[rows].view(-1, dim))
+            if grad_text is None:
+                continue
+            if columns is None:
+                grad_text.view(C * L, dim).addmm_(grad_similarity.T, image_chunk.reshape(-1, dim))
+            else:
+                grad_text.view(C * L, dim).index_add_(0, columns, grad_similarity.T @ image_chunk.reshape(-1, dim))
         return grad_image, grad_text, None, None, None
 
 

@@ -208,7 +208,12 @@ def solve_scaled(
         kernel = _absorbed_kernel(log_kernel, f_scaled, g_scaled)
         u, v, column_sums = torch.ones_like(a), torch.ones_like(b), None
     else:
-        kernel, f_scaled, g_scaled, u, v, column_sums = first
+        # Fold the first scalings into the kernel (two in-place passes): the iterations then refine u, v around 1,
+        # where float32 marginals can settle exactly (a state scaled by u = a / r stalls at a few ulps instead).
+        kernel, f_scaled, g_scaled, u, v, _ = first
+        kernel.mul_(u[..., :, None]).mul_(v[..., None, :])
+        f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
+        u, v, column_sums = torch.ones_like(a), torch.ones_like(b), None
     # K v and K^T u of the current scalings: a check reuses the column sums of the block's last update and
     # hands its row sums to the next block's first update, so convergence checks cost no matrix-vector product.
     row_sums = None

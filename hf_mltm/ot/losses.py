@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._utils import compute_dtype
 from .autograd import PartialSinkhornKLLoss, SinkhornKLLoss, kl_to_plan
 from .partial import partial_sinkhorn
 from .sinkhorn import sinkhorn
@@ -85,23 +86,26 @@ def _check_square(matrix: torch.Tensor, name: str) -> int:
     return matrix.shape[-1]
 
 
-def _check_item_ids(item_ids: torch.Tensor | None, size: int, cost: torch.Tensor) -> None:
+def _checked_target(cost: torch.Tensor, item_ids: torch.Tensor | None, dense: bool = True) -> torch.Tensor | None:
+    """The ground-truth coupling of a square ``(..., b, b)`` cost, expanded to its shape in the solver's dtype, after
+    checking the shapes; `None` for the identity coupling when ``dense`` is false and there are no ``item_ids``."""
+    size = _check_square(cost, "cost")
     if item_ids is not None and torch.as_tensor(item_ids).shape != (size,):
         raise ValueError(
             f"item_ids has shape {tuple(torch.as_tensor(item_ids).shape)} but the cost of shape {tuple(cost.shape)} "
             f"pairs a batch of {size} items; pass one id per row, shape ({size},)."
         )
+    if item_ids is None and not dense:
+        return None
+    return duplicate_aware_target(item_ids, size, dtype=compute_dtype(cost), device=cost.device).expand_as(cost)
 
 
 def _cost_and_target(
     cost: torch.Tensor, normalization: CostNormalization, item_ids: torch.Tensor | None, detach_scale: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised ``(..., b, b)`` cost and the ground-truth coupling in the solver's dtype."""
-    size = _check_square(cost, "cost")
-    _check_item_ids(item_ids, size, cost)
-    cost = normalize_cost(cost, normalization, detach_scale=detach_scale)
-    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-    return cost, duplicate_aware_target(item_ids, size, dtype=dtype, device=cost.device).expand_as(cost)
+    target = _checked_target(cost, item_ids)
+    return normalize_cost(cost, normalization, detach_scale=detach_scale), target
 
 
 def mltm_loss(
@@ -135,12 +139,7 @@ def mltm_loss(
     """
     if gradient == "implicit":
         # The Function normalises, solves and differentiates in one step (no normalised copy of the cost, no log-plan).
-        size = _check_square(cost, "cost")
-        _check_item_ids(item_ids, size, cost)
-        target = None
-        if item_ids is not None:
-            dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-            target = duplicate_aware_target(item_ids, size, dtype=dtype, device=cost.device).expand_as(cost)
+        target = _checked_target(cost, item_ids, dense=False)
         loss = SinkhornKLLoss.apply(cost, target, float(epsilon), max_iter, tol, check_every, normalization,
                                     detach_scale)
     elif gradient == "unrolled":

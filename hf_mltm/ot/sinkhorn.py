@@ -210,7 +210,7 @@ def solve_scaled(
     else:
         # Fold the first scalings into the kernel (two in-place passes): the iterations then refine u, v around 1,
         # where float32 marginals can settle exactly (a state scaled by u = a / r stalls at a few ulps instead).
-        kernel, f_scaled, g_scaled, u, v, _ = first
+        kernel, f_scaled, g_scaled, u, v = first
         kernel.mul_(u[..., :, None]).mul_(v[..., None, :])
         f_scaled, g_scaled = f_scaled + u.log(), g_scaled + v.log()
         u, v, column_sums = torch.ones_like(a), torch.ones_like(b), None
@@ -271,8 +271,8 @@ def _first_iteration(
     ``K``, and the column update is ``v = b / (K^T u)``. This is the log-sum-exp iteration with the maxima taken per
     row, so it is exact unless a column's whole mass underflows; then (any valid column with ``K^T u`` below
     ``n * tiny / eps`` of the dtype, where subnormal terms could cost relative precision) it returns `None` and the
-    caller uses log-sum-exp updates. Returns ``K``, the potentials ``-m`` and ``g`` it is scaled by, ``u``, ``v``
-    and ``K^T u``. ``in_place`` computes ``K`` in the buffer of ``log_kernel`` (cold starts only).
+    caller uses log-sum-exp updates. Returns ``K``, the potentials ``-m`` and ``g`` it is scaled by, ``u`` and
+    ``v``. ``in_place`` computes ``K`` in the buffer of ``log_kernel`` (cold starts only).
     """
     if bool((g_scaled == 0).all()):  # the usual cold start: no shifted copy of the kernel needed
         row_max = log_kernel.amax(-1, keepdim=True)
@@ -287,7 +287,7 @@ def _first_iteration(
     info = torch.finfo(kernel.dtype)
     if bool(((column_sums < kernel.shape[-2] * info.tiny / info.eps) & (b > 0)).any()):
         return None
-    return kernel, -row_max[..., 0], g_scaled, u, safe_divide(b, column_sums), column_sums
+    return kernel, -row_max[..., 0], g_scaled, u, safe_divide(b, column_sums)
 
 
 ABSORB_LOG_THRESHOLD = 30.0

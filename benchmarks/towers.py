@@ -24,6 +24,8 @@ once with soundfile to float32 (decoding is not timed). What is timed, per metho
   returns ``(frames, mel)``, which is what the converted model takes, so the spectrogram is transposed first.
 - ``theirs_batched`` (full run only): the same, but the blocks of all clips of a batch go through aisfx's network in
   one call, to show how much of the ratio batching alone explains.
+- ``ours_direct`` (full run only): ours with every convolution direct (oneDNN), as before the Winograd path
+  (`direct_convolutions`), to show what the Winograd convolutions of the wide layers bring.
 
 Images (EfficientNet-Lite0, 7 x 7 x 1280 grid): the first ``--images`` Flickr8k images of the shared data, resized,
 cropped and normalised once by ``OMITImageProcessor.for_efficientnet_lite()`` (not timed; the package has no
@@ -39,7 +41,7 @@ parity tolerance). The maximum absolute differences are printed and stored.
 Usage: ``python benchmarks/towers.py [--quick] [--clips N] [--images N] [--batch_size B] [--threads T]
 [--repeats R]``. ``--quick`` (8 clips, 8 images, 3 repeats, no profiles; about 40 s at load average 4 on the 2-core
 machine) writes ``benchmarks/results/towers_quick.json`` (gitignored); a full run (32 clips, 32 images, 3 repeats, the
-``theirs_batched`` row, the per-stage split with front-end and network timed apart, and the top operators of one torch
+``theirs_batched`` and ``ours_direct`` rows, the per-stage split with front-end and network timed apart, and the top operators of one torch
 profile per method; about 4 minutes) writes ``towers.json``. The last line printed is
 ``towers_audio_speedup=<x> towers_image_speedup=<y>``: median seconds of ``theirs`` over those of ``ours``.
 """
@@ -47,6 +49,7 @@ profile per method; about 4 minutes) writes ``towers.json``. The last line print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -72,7 +75,7 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import ModuleType  # noqa: E402
 
@@ -89,7 +92,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import measure_interleaved  # noqa: E402
 
 from hf_mltm.models.omit.image_processing_omit import OMITImageProcessor  # noqa: E402
-from hf_mltm.models.panns import PannsFeatureExtractor, PannsModel  # noqa: E402
+from hf_mltm.models.panns import PannsFeatureExtractor, PannsModel, modeling_panns  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 AUDIO_ATOL = 1e-4  # embeddings reach about 1-30 here
@@ -297,6 +300,23 @@ def ours_audio(waveforms: list[np.ndarray], rate: int, extractor: PannsFeatureEx
     return torch.cat(pooled), blocks
 
 
+@contextlib.contextmanager
+def direct_convolutions() -> Iterator[None]:
+    """Inside, `PannsModel` inference runs every convolution direct (no Winograd layers): the ``ours_direct`` row."""
+    threshold = modeling_panns.WINOGRAD_MIN_IN_CHANNELS
+    modeling_panns.WINOGRAD_MIN_IN_CHANNELS = sys.maxsize
+    try:
+        yield
+    finally:
+        modeling_panns.WINOGRAD_MIN_IN_CHANNELS = threshold
+
+
+def ours_audio_direct(*args, **kwargs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`ours_audio` inside `direct_convolutions`."""
+    with direct_convolutions():
+        return ours_audio(*args, **kwargs)
+
+
 def audio_parity(ours: tuple[torch.Tensor, list[torch.Tensor]], theirs: list[torch.Tensor]) -> dict[str, float]:
     """Largest absolute differences of block and clip embeddings, and the largest embedding magnitude.
 
@@ -413,9 +433,11 @@ def _run(folder: Path, clips: int, images: int, batch_size: int, repeats: int, f
     }
     if full:
         audio_runs["theirs_batched"] = lambda: theirs_audio_batched(waveforms, rate, network, batch_size)
+        audio_runs["ours_direct"] = lambda: ours_audio_direct(waveforms, rate, extractor, audio_model, batch_size)
     audio_check = audio_parity(audio_runs["ours"](), audio_runs["theirs"]())
     if full:
         audio_parity(audio_runs["ours"](), audio_runs["theirs_batched"]())
+        audio_parity(audio_runs["ours_direct"](), audio_runs["theirs"]())
     print(f"audio parity: {json.dumps(audio_check)}", flush=True)
     image_runs = {
         "ours": lambda: forward_images(lambda batch: image_model(batch).last_hidden_state, pixel_values, batch_size),

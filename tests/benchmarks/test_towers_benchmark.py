@@ -118,8 +118,12 @@ TINY_PANNS = {
 }
 
 
+@pytest.mark.parametrize("winograd_min_in_channels", [modeling_panns.WINOGRAD_MIN_IN_CHANNELS, 1])
 @pytest.mark.parametrize("variant", sorted(TINY_PANNS))
-def test_panns_inference_path_equals_the_autograd_path_on_padded_batches(variant):
+def test_panns_inference_path_equals_the_autograd_path_on_padded_batches(variant, winograd_min_in_channels,
+                                                                         monkeypatch):
+    """The tiny models are narrower than the Winograd threshold; with it at 1, every convolution runs by Winograd."""
+    monkeypatch.setattr(modeling_panns, "WINOGRAD_MIN_IN_CHANNELS", winograd_min_in_channels)
     model = randomise_batch_norms(PannsModel(PannsConfig(variant=variant, num_mel_bins=64, **TINY_PANNS[variant])))
     lengths = [97, 64, 30]  # odd lengths exercise every pooling's floor; 30 frames is under 3 aisfx blocks
     features = torch.full((3, 97, 64), float("nan"))  # padding must not leak, whatever it holds
@@ -154,6 +158,42 @@ def test_aisfx_blocks_embedded_in_chunks_equal_one_call():
     torch.testing.assert_close(chunked.last_hidden_state[1, :4], single, rtol=1e-5, atol=1e-6)
     assert (chunked.last_hidden_state[1, 4:] == 0).all()
     torch.testing.assert_close(chunked.pooler_output[1], single.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_aisfx9_runs_its_convolutions_from_128_input_channels_by_winograd():
+    model = PannsModel(PannsConfig(variant="aisfx9", block_frames=100, block_hop_frames=50)).eval()
+    with torch.no_grad():
+        folded = model.fold_conv_blocks()
+    flags = [conv.winograd for block in model.encoder.blocks for conv in folded[block]]
+    assert flags == [False, False, False, True, True, True, True, True]  # inputs 1, 64, 64, 128, 128, 256, 256, 512
+    assert folded[model.encoder.blocks[3]][1].weight.shape == (36, 512, 512)
+
+
+def test_block_mode_folds_every_conv_block_once_per_forward(monkeypatch):
+    """27 blocks in 4 inference calls: the BatchNorm folding and Winograd filters are computed once, not per call."""
+    monkeypatch.setattr(modeling_panns, "WINOGRAD_MIN_IN_CHANNELS", 8)
+    config = PannsConfig(variant="aisfx9", num_mel_bins=64, channels=[4, 8, 8, 16], block_frames=24,
+                         block_hop_frames=12)
+    model = randomise_batch_norms(PannsModel(config))
+    calls = []
+    original = modeling_panns.PannsConvBlock.fold_convolutions
+    monkeypatch.setattr(modeling_panns.PannsConvBlock, "fold_convolutions",
+                        lambda block: calls.append(block) or original(block))
+    features = torch.randn(3, 130, 64)
+    with torch.inference_mode():
+        fast = model(features)
+    assert sorted(map(id, calls)) == sorted(map(id, model.encoder.blocks))
+    torch.testing.assert_close(fast.pooler_output, model(features).pooler_output.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_convolutions_turns_winograd_off_and_restores_it():
+    towers = load_benchmark()
+    model = PannsModel(PannsConfig(variant="aisfx9")).eval()
+    threshold = modeling_panns.WINOGRAD_MIN_IN_CHANNELS
+    with pytest.raises(RuntimeError, match="inside"), towers.direct_convolutions(), torch.no_grad():
+        assert not any(conv.winograd for pair in model.fold_conv_blocks().values() for conv in pair)
+        raise RuntimeError("inside")
+    assert modeling_panns.WINOGRAD_MIN_IN_CHANNELS == threshold
 
 
 # --- EfficientNet-Lite inference path -------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ The log-mel front-end is not part of the model: ``input_features`` come from `Pa
 # Cnn10, Cnn14, ResNet38; torchlibrosa's SpecAugmentation) and from aisfx==0.1.2:aisfx/models/cnn2d.py
 # (EmbeddingNet, whose blocks aisfx/inference.py embeds one by one).
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,11 +21,15 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils.generic import can_return_tuple
 
+from ..winograd import conv3x3_winograd, winograd_filters
 from .configuration_panns import PannsConfig
 
 __all__ = ["PannsModel", "PannsPreTrainedModel"]
 
 INFERENCE_BLOCKS_PER_CALL = 8  # block mode without autograd: blocks embedded per CNN call
+# Inference convolutions with at least this many input channels run as F(4x4, 3x3) Winograd (`hf_mltm.models.winograd`);
+# narrower ones run faster through oneDNN's direct convolution (measured on aisfx's 64-channel layers).
+WINOGRAD_MIN_IN_CHANNELS = 128
 
 
 def _keep_mask(lengths: torch.LongTensor, size: int) -> torch.BoolTensor:
@@ -84,6 +90,35 @@ def _conv3x3_channels_last(hidden_states: torch.Tensor, weight: torch.Tensor, bi
     return F.conv2d(hidden_states, weight.contiguous(memory_format=torch.channels_last), bias, padding=1)
 
 
+@dataclass(frozen=True)
+class FoldedConv3x3:
+    """A 3x3 convolution (padding 1) with its eval-mode BatchNorm folded in, ready for inference.
+
+    Args:
+        weight (`torch.Tensor`): ``(C_out, C_in, 3, 3)`` weights, or their ``(36, C_out, C_in)`` `winograd_filters`.
+        bias (`torch.Tensor` of shape ``(C_out,)``): the folded bias.
+        winograd (`bool`): whether ``weight`` holds Winograd filters.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    winograd: bool
+
+    @classmethod
+    def fold(cls, conv: nn.Conv2d, batch_norm: nn.BatchNorm2d) -> "FoldedConv3x3":
+        """Fold ``batch_norm`` into ``conv``; Winograd filters when ``conv`` has `WINOGRAD_MIN_IN_CHANNELS` inputs."""
+        weight, bias = _fold_batch_norm(conv, batch_norm)
+        if conv.in_channels >= WINOGRAD_MIN_IN_CHANNELS:
+            return cls(winograd_filters(weight), bias, winograd=True)
+        return cls(weight, bias, winograd=False)
+
+    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Convolve ``(B, C_in, t, m)`` into ``(B, C_out, t, m)`` in channels-last memory."""
+        if self.winograd:
+            return conv3x3_winograd(hidden_states, self.weight, self.bias)
+        return _conv3x3_channels_last(hidden_states, self.weight, self.bias)
+
+
 def _drop_stripes(
     batch_size: int, size: int, drop_width: int, stripes_num: int, device: torch.device
 ) -> torch.Tensor:
@@ -131,9 +166,10 @@ class PannsConvBlock(GradientCheckpointingLayer):
     With ``lengths`` given, time steps at or beyond them are zeroed before each convolution, so a padded clip
     gives exactly the values of the unpadded clip at its valid positions.
 
-    Inference (eval mode with autograd off): each BatchNorm is folded into its convolution, the convolutions run in
-    channels-last memory and the ReLUs in place (`_inference_forward`); the output equals that of the eval-mode
-    modules up to float32 rounding (about 1e-6 relative).
+    Inference (eval mode with autograd off): each BatchNorm is folded into its convolution (`fold_convolutions`),
+    the convolutions run in channels-last memory, those with `WINOGRAD_MIN_IN_CHANNELS` or more inputs by Winograd's
+    F(4x4, 3x3), and the ReLUs in place (`_inference_forward`); the output equals that of the eval-mode modules up to
+    float32 rounding (about 1e-6 relative, a few times that after Winograd layers).
     """
 
     def __init__(
@@ -148,10 +184,21 @@ class PannsConvBlock(GradientCheckpointingLayer):
         self.pool_type = pool_type
         self.dropout = nn.Dropout(dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None = None) -> torch.Tensor:
-        """Map ``(B, C_in, t, m)`` to ``(B, C_out, t // pool, m // pool)``; ``lengths`` ``(B,)`` counts valid t."""
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        lengths: torch.LongTensor | None = None,
+        folded: tuple[FoldedConv3x3, FoldedConv3x3] | None = None,
+    ) -> torch.Tensor:
+        """Map ``(B, C_in, t, m)`` to ``(B, C_out, t // pool, m // pool)``; ``lengths`` ``(B,)`` counts valid t.
+
+        ``folded``: this block's `fold_convolutions`, when the caller runs several batches with one folding
+        (inference only; folded here otherwise).
+        """
         if _is_inference(self):
-            return self._inference_forward(hidden_states, lengths)
+            return self._inference_forward(
+                hidden_states, lengths, self.fold_convolutions() if folded is None else folded
+            )
         hidden_states = F.relu(self.bn1(self.conv1(_mask_time(hidden_states, lengths))))
         hidden_states = F.relu(self.bn2(self.conv2(_mask_time(hidden_states, lengths))))
         return self.dropout(self._pool(hidden_states))
@@ -162,15 +209,33 @@ class PannsConvBlock(GradientCheckpointingLayer):
         pool = F.avg_pool2d if self.pool_type == "avg" else F.max_pool2d
         return pool(hidden_states, kernel_size=self.pool_size)
 
-    def _inference_forward(self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None) -> torch.Tensor:
+    def fold_convolutions(self) -> tuple[FoldedConv3x3, FoldedConv3x3]:
+        """Both convolutions with their BatchNorms folded in, from the current weights (nothing is cached)."""
+        return FoldedConv3x3.fold(self.conv1, self.bn1), FoldedConv3x3.fold(self.conv2, self.bn2)
+
+    def _inference_forward(
+        self,
+        hidden_states: torch.Tensor,
+        lengths: torch.LongTensor | None,
+        folded: tuple[FoldedConv3x3, FoldedConv3x3],
+    ) -> torch.Tensor:
         """`forward` in eval mode without autograd: folded BatchNorms, channels-last output (dropout is off)."""
-        weight, bias = _fold_batch_norm(self.conv1, self.bn1)
-        hidden_states = _conv3x3_channels_last(_mask_time(hidden_states, lengths), weight, bias).relu_()
-        weight, bias = _fold_batch_norm(self.conv2, self.bn2)
-        hidden_states = _conv3x3_channels_last(_mask_time(hidden_states, lengths), weight, bias)
+        first, second = folded
+        hidden_states = first(_mask_time(hidden_states, lengths)).relu_()
+        hidden_states = second(_mask_time(hidden_states, lengths))
         if self.pool_type == "max":  # ReLU commutes with max pooling: apply it to the 4x smaller output
             return self._pool(hidden_states).relu_()
         return self._pool(hidden_states.relu_())
+
+
+FoldedBlocks = dict[PannsConvBlock, tuple[FoldedConv3x3, FoldedConv3x3]]
+"""`PannsConvBlock.fold_convolutions` of every conv block of a model, by block."""
+
+
+def _folded_block(
+    folded: FoldedBlocks | None, block: PannsConvBlock
+) -> tuple[FoldedConv3x3, FoldedConv3x3] | None:
+    return None if folded is None else folded[block]
 
 
 class PannsResNetShortcut(nn.Module):
@@ -240,11 +305,14 @@ class PannsCnnEncoder(nn.Module):
         self.time_reduction = 2 ** sum(block.pool_size > 1 for block in self.blocks)
 
     def forward(
-        self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None
+        self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None, folded: FoldedBlocks | None = None
     ) -> tuple[torch.Tensor, torch.LongTensor | None]:
-        """Map ``(B, 1, T, M)`` to ``(B, C, t, m)`` and valid input frames ``(B,)`` to valid steps ``(B,)``."""
+        """Map ``(B, 1, T, M)`` to ``(B, C, t, m)`` and valid input frames ``(B,)`` to valid steps ``(B,)``.
+
+        ``folded``: `PannsModel.fold_conv_blocks`, to reuse one folding over several calls (inference only).
+        """
         for block in self.blocks:
-            hidden_states = block(hidden_states, lengths)
+            hidden_states = block(hidden_states, lengths, _folded_block(folded, block))
             lengths = _divide_lengths(lengths, block.pool_size)
         return hidden_states, lengths
 
@@ -275,10 +343,13 @@ class PannsResNetEncoder(nn.Module):
         self.time_reduction = 2 ** (len(stage_widths) + 1)
 
     def forward(
-        self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None
+        self, hidden_states: torch.Tensor, lengths: torch.LongTensor | None, folded: FoldedBlocks | None = None
     ) -> tuple[torch.Tensor, torch.LongTensor | None]:
-        """Map ``(B, 1, T, M)`` to ``(B, C, t, m)`` and valid input frames ``(B,)`` to valid steps ``(B,)``."""
-        hidden_states = self.stem(hidden_states, lengths)
+        """Map ``(B, 1, T, M)`` to ``(B, C, t, m)`` and valid input frames ``(B,)`` to valid steps ``(B,)``.
+
+        ``folded``: `PannsModel.fold_conv_blocks`, to reuse one folding over several calls (inference only).
+        """
+        hidden_states = self.stem(hidden_states, lengths, _folded_block(folded, self.stem))
         lengths = _divide_lengths(lengths, 2)
         for stage in self.stages:
             for block in stage:
@@ -286,7 +357,7 @@ class PannsResNetEncoder(nn.Module):
                 lengths = _divide_lengths(lengths, block.stride)
         hidden_states = self.dropout(F.avg_pool2d(hidden_states, kernel_size=2))
         lengths = _divide_lengths(lengths, 2)
-        return self.head(hidden_states, lengths), lengths
+        return self.head(hidden_states, lengths, _folded_block(folded, self.head)), lengths
 
 
 class PannsPreTrainedModel(PreTrainedModel):
@@ -432,10 +503,15 @@ class PannsModel(PannsPreTrainedModel):
             )
         return mask.to(device=input_features.device, dtype=torch.long).sum(dim=-1)
 
+    def fold_conv_blocks(self) -> FoldedBlocks:
+        """`PannsConvBlock.fold_convolutions` of every conv block, from the current weights (for inference)."""
+        return {module: module.fold_convolutions() for module in self.modules() if isinstance(module, PannsConvBlock)}
+
     def _embed_clips(
-        self, input_features: torch.Tensor, lengths: torch.LongTensor | None
+        self, input_features: torch.Tensor, lengths: torch.LongTensor | None, folded: FoldedBlocks | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frame features ``(B, t, C)`` and embeddings ``(B, H)`` of clips ``(B, T, M)`` with ``lengths`` ``(B,)``."""
+        """Frame features ``(B, t, C)`` and embeddings ``(B, H)`` of clips ``(B, T, M)`` with ``lengths`` ``(B,)``;
+        ``folded`` as in the encoders' ``forward``."""
         if min(input_features.shape[1:]) < self.encoder.time_reduction:
             raise ValueError(
                 f"{self.config.variant} pools time and mel by {self.encoder.time_reduction}: it needs at least that "
@@ -446,7 +522,7 @@ class PannsModel(PannsPreTrainedModel):
             hidden_states = self.bn0(hidden_states.transpose(1, 3)).transpose(1, 3)  # BatchNorm over mel bins
         if self.spec_augmenter is not None:
             hidden_states = self.spec_augmenter(hidden_states)
-        hidden_states, lengths = self.encoder(hidden_states, lengths)  # (B, C, t, m)
+        hidden_states, lengths = self.encoder(hidden_states, lengths, folded)  # (B, C, t, m)
         frame_states = hidden_states.mean(dim=3).transpose(1, 2)  # (B, t, C)
         if lengths is not None:
             lengths = lengths.clamp(min=1)
@@ -498,9 +574,11 @@ class PannsModel(PannsPreTrainedModel):
         blocks = blocks[valid]  # (valid blocks, block, M)
         if _is_inference(self):
             # A few blocks per call keep each layer's activations in cache (7-10 % faster than one call for 48
-            # aisfx blocks on one thread); the result is the same, every block is embedded on its own.
+            # aisfx blocks on one thread); the result is the same, every block is embedded on its own. The BatchNorms
+            # are folded (and the Winograd filters computed) once for all calls.
+            folded = self.fold_conv_blocks()
             block_embeddings = torch.cat(
-                [self._embed_clips(chunk, None)[1] for chunk in blocks.split(INFERENCE_BLOCKS_PER_CALL)]
+                [self._embed_clips(chunk, None, folded)[1] for chunk in blocks.split(INFERENCE_BLOCKS_PER_CALL)]
             )
         else:
             _, block_embeddings = self._embed_clips(blocks, None)  # (valid blocks, H)

@@ -163,8 +163,18 @@ def _log_domain_block(
     return f, g, h
 
 
+def _per_problem(values: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(...)`` broadcastable against ``(..., k)``: as is for a single problem (no view op), else
+    ``values[..., None]``."""
+    return values if values.dim() == 0 else values[..., None]
+
+
 def _solve_mass_scale(
-    capacity: torch.Tensor, weight: torch.Tensor, mass: float, saturated: torch.Tensor | None = None
+    capacity: torch.Tensor,
+    weight: torch.Tensor,
+    mass: float | torch.Tensor,
+    saturated: torch.Tensor | None = None,
+    zero: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``lam > 0`` with ``sum_j min(capacity_j, lam * weight_j) = mass`` and its saturated set
     ``lam * weight >= capacity``, per problem: shapes ``(...)`` and ``(..., k)``.
@@ -174,16 +184,21 @@ def _solve_mass_scale(
     ``(mass - saturated capacity) / unsaturated weight``, accepted when it reproduces the guess. Otherwise: between two
     consecutive breakpoints ``t_j = capacity_j / weight_j`` the sum is ``(saturated capacity) + lam * (remaining
     weight)``, and the first breakpoint where it reaches ``mass`` brackets the root.
+
+    ``mass`` and ``zero`` may be 0-dim tensors of ``capacity``'s dtype (the iterations pass them so): the same values
+    as Python numbers, without converting a number on every call (this runs twice per iteration, and at b = 256 the
+    solve is bound by per-operation overhead).
     """
     big = torch.finfo(weight.dtype).max / (weight.shape[-1] + 1)
     weight = weight.nan_to_num(nan=0.0, posinf=big).clamp_max(big)
     if saturated is not None:
         # torch.where instead of multiplying by the mask (no bool -> float copy) and torch.equal for the check: the
-        # same values with fewer small operations (this path runs twice per iteration)
-        saturated_capacity = torch.where(saturated, capacity, 0.0).sum(-1)
-        lam = safe_divide(mass - saturated_capacity, torch.where(saturated, 0.0, weight).sum(-1))
-        now_saturated = lam[..., None] * weight >= capacity
-        if torch.equal(now_saturated, saturated) and bool((lam > 0).all()):
+        # same values with fewer small operations
+        saturated_capacity = torch.where(saturated, capacity, zero).sum(-1)
+        lam = safe_divide(mass - saturated_capacity, torch.where(saturated, zero, weight).sum(-1))
+        now_saturated = _per_problem(lam) * weight >= capacity
+        positive = lam.item() > 0 if lam.dim() == 0 else bool((lam > 0).all())
+        if positive and torch.equal(now_saturated, saturated):
             return lam, now_saturated
     breakpoints = safe_divide(capacity, weight).clamp_max(big)
     breakpoints, order = breakpoints.sort(-1)
@@ -192,25 +207,39 @@ def _solve_mass_scale(
     remaining_weight = sorted_weight.flip(-1).cumsum(-1).flip(-1)  # suffix sums (no cancellation with huge weights)
     # the sum at each breakpoint is non-decreasing: the first one reaching the mass brackets the root
     at_breakpoints = (saturated_before + breakpoints * remaining_weight).contiguous()
-    target = torch.full_like(at_breakpoints[..., :1], mass)
+    target = torch.full_like(at_breakpoints[..., :1], float(mass))
     index = torch.searchsorted(at_breakpoints, target).clamp_max(at_breakpoints.shape[-1] - 1)
     lam = safe_divide(target - saturated_before.gather(-1, index), remaining_weight.gather(-1, index))[..., 0]
-    return lam, lam[..., None] * weight >= capacity
+    return lam, _per_problem(lam) * weight >= capacity
 
 
 def _capped_side_update(
-    kernel_sums: torch.Tensor, capacity: torch.Tensor, cap: torch.Tensor, mass: float,
+    kernel_sums: torch.Tensor,
+    capacity: torch.Tensor,
+    cap: torch.Tensor,
+    mass: float | torch.Tensor,
     saturated: torch.Tensor | None = None,
+    zero: torch.Tensor | float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact joint update of one side's scalings and the mass scaling: returns ``(scalings, lam, saturated)``.
 
     ``kernel_sums`` ``(..., k)`` are the kernel's sums against the other side's scalings (``K v`` or ``K^T u``),
     ``capacity`` the marginal (``a`` or ``b``), ``cap`` the largest allowed scaling (``e^{-f}`` or ``e^{-g}``) and
-    ``saturated`` a guess of the entries at capacity (see :func:`_solve_mass_scale`).
+    ``saturated`` a guess of the entries at capacity; ``mass``, ``zero`` as in :func:`_solve_mass_scale`.
     """
-    lam, saturated = _solve_mass_scale(capacity, kernel_sums * cap, mass, saturated)
-    scalings = torch.minimum(safe_divide(capacity, lam[..., None] * kernel_sums), cap)
-    return scalings, lam, saturated
+    lam, saturated = _solve_mass_scale(capacity, kernel_sums * cap, mass, saturated, zero)
+    scalings = safe_divide(capacity, _per_problem(lam) * kernel_sums)
+    if torch.is_grad_enabled():  # unrolled differentiation: no out= or in-place operations
+        return torch.minimum(scalings, cap), lam, saturated
+    return torch.minimum(scalings, cap, out=scalings), lam, saturated
+
+
+def _relaxed(scalings: torch.Tensor, target: torch.Tensor, omega: float, cap: torch.Tensor) -> torch.Tensor:
+    """``min(scalings * (target / scalings)^omega, cap)``: the over-relaxed step (in one buffer without autograd)."""
+    if torch.is_grad_enabled():
+        return torch.minimum(scalings * safe_divide(target, scalings).pow(omega), cap)
+    step = safe_divide(target, scalings).pow_(omega).mul_(scalings)
+    return torch.minimum(step, cap, out=step)
 
 
 def _scaling_block(
@@ -237,14 +266,19 @@ def _scaling_block(
     u_cap, v_cap = (-f).exp(), (-g).exp()
     u, v, lam = scalings
     rows_saturated, columns_saturated = guesses
+    mass_tensor, zero = a.new_tensor(mass), a.new_zeros(())
+    kernel_transposed = kernel.transpose(-1, -2)
     for step in range(steps):
         relax = omega != 1.0 and step != steps - 1
-        target, lam, rows_saturated = _capped_side_update(matvec(kernel, v), a, u_cap, mass, rows_saturated)
-        u = torch.minimum(u * safe_divide(target, u).pow(omega), u_cap) if relax else target
-        column_sums = matvec(kernel.transpose(-1, -2), u)
-        target, lam, columns_saturated = _capped_side_update(column_sums, b, v_cap, mass, columns_saturated)
+        target, lam, rows_saturated = _capped_side_update(
+            matvec(kernel, v), a, u_cap, mass_tensor, rows_saturated, zero
+        )
+        u = _relaxed(u, target, omega, u_cap) if relax else target
+        target, lam, columns_saturated = _capped_side_update(
+            matvec(kernel_transposed, u), b, v_cap, mass_tensor, columns_saturated, zero
+        )
         # a relaxed step's lam is never used: the next row update solves its own, and the last step is exact
-        v = torch.minimum(v * safe_divide(target, v).pow(omega), v_cap) if relax else target
+        v = _relaxed(v, target, omega, v_cap) if relax else target
     return (u, v, lam), (rows_saturated, columns_saturated)
 
 

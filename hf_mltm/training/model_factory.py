@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, PreTrainedModel
 
 __all__ = [
@@ -79,6 +80,16 @@ def _converter(script_name: str, key: str):
     return module
 
 
+def _rng_untouched():
+    """Context in which torch's CPU random state is saved and restored.
+
+    A conversion builds a randomly initialised model before loading the checkpoint into it. Run on first use, after
+    the training seed was set, those draws shifted every later random number (projection initialisation, dropout):
+    `make demo` on a fresh machine trained a different model than the same command once the cache existed.
+    """
+    return torch.random.fork_rng(devices=[])
+
+
 def cached_aisfx_dir() -> Path:
     """The aisfx CNN converted to a `PannsModel` folder (with its feature extractor), converted on first use by
     ``scripts/convert_aisfx_checkpoint.py``'s `convert_aisfx_checkpoint`.
@@ -91,7 +102,8 @@ def cached_aisfx_dir() -> Path:
         return target
     module = _converter("convert_aisfx_checkpoint", "audio_tower")
     partial = target.with_name(f"aisfx9.tmp{os.getpid()}")
-    module.convert_aisfx_checkpoint(partial)
+    with _rng_untouched():
+        module.convert_aisfx_checkpoint(partial)
     if target.exists():  # another process finished first
         shutil.rmtree(partial)
     else:
@@ -102,7 +114,8 @@ def cached_aisfx_dir() -> Path:
 def cached_efficientnet_lite0_dir() -> Path:
     """The EfficientNet-Lite0 ImageNet CNN converted to an `EfficientNetLiteModel` folder (with its image processor),
     converted once by ``scripts/convert_efficientnet_lite_checkpoint.py``."""
-    return Path(_converter("convert_efficientnet_lite_checkpoint", "vision_tower").cached_efficientnet_lite0_dir())
+    with _rng_untouched():
+        return Path(_converter("convert_efficientnet_lite_checkpoint", "vision_tower").cached_efficientnet_lite0_dir())
 
 
 def resolve_path(value: str, key: str) -> str:

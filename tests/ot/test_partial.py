@@ -138,3 +138,21 @@ def test_mass_scale_saturated_guess_gives_the_hand_solved_root(dtype, monkeypatc
     batched, guesses = torch.stack([weight, weight.flip(0)]), torch.tensor([[False, True], [True, False]])
     lam, saturated = _solve_mass_scale(capacity.expand(2, 2), batched, 0.8, guesses)
     assert lam.tolist() == pytest.approx([0.3, 0.3], rel=1e-6) and torch.equal(saturated, guesses)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mass_scale_takes_the_mass_and_zero_as_tensors_with_identical_results(dtype):
+    """The iterations pass ``mass`` and ``zero`` as 0-dim tensors (fewer conversions): bit-identical to numbers."""
+    from hf_mltm.ot.partial import _solve_mass_scale
+
+    generator = torch.Generator().manual_seed(0)
+    capacity = torch.rand(3, 40, generator=generator, dtype=dtype)
+    weight = torch.rand(3, 40, generator=generator, dtype=dtype)
+    for guess in (None, torch.rand(3, 40, generator=generator) < 0.5):
+        for shape in ((3, 40), (40,)):
+            index = (slice(None),) if len(shape) == 2 else (0,)
+            numbers = _solve_mass_scale(capacity[index], weight[index], 4.0, None if guess is None else guess[index])
+            tensors = _solve_mass_scale(capacity[index], weight[index], torch.tensor(4.0, dtype=dtype),
+                                        None if guess is None else guess[index], torch.zeros((), dtype=dtype))
+            assert torch.equal(numbers[0], tensors[0]) and torch.equal(numbers[1], tensors[1])
+            assert (numbers[0] > 0).all() and numbers[0].shape == shape[:-1]

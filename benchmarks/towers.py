@@ -41,9 +41,10 @@ parity tolerance). The maximum absolute differences are printed and stored.
 Usage: ``python benchmarks/towers.py [--quick] [--clips N] [--images N] [--batch_size B] [--threads T]
 [--repeats R]``. ``--quick`` (8 clips, 8 images, 3 repeats, no profiles; about 40 s at load average 4 on the 2-core
 machine) writes ``benchmarks/results/towers_quick.json`` (gitignored); a full run (32 clips, 32 images, 3 repeats, the
-``theirs_batched`` and ``ours_direct`` rows, the per-stage split with front-end and network timed apart, and the top operators of one torch
-profile per method; about 4 minutes) writes ``towers.json``. The last line printed is
-``towers_audio_speedup=<x> towers_image_speedup=<y>``: median seconds of ``theirs`` over those of ``ours``.
+``theirs_batched`` and ``ours_direct`` rows, the per-stage split with front-end and network timed apart, and the top
+operators of one torch profile per method; about 5.5 minutes on the idle machine) writes ``towers.json``. The last
+line printed is ``towers_audio_speedup=<x> towers_image_speedup=<y>``: median seconds of ``theirs`` over those of
+``ours``.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from .data_factory import build_datasets, check_data_section, describe_sources
 from .metrics_log import MetricsLog
 from .model_card import write_model_card
 from .model_factory import build_model_and_processor, cache_root, check_model_section
+from .sharding import check_sharding, full_tensor, main_process_model
 
 __all__ = ["EpochShuffleSampler", "TrainResult", "TrainerState", "latest_checkpoint", "train"]
 
@@ -202,6 +203,7 @@ def train(config: ExperimentConfig) -> TrainResult:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=training.ddp_find_unused_parameters)],
         log_with=trackers or None,
     )
+    check_sharding(accelerator, config)
     if training.batch_size % accelerator.num_processes:
         raise ValueError(f"{config.source}: training.batch_size={training.batch_size} must be divisible by the "
                          f"number of processes ({accelerator.num_processes}).")
@@ -285,10 +287,12 @@ def train(config: ExperimentConfig) -> TrainResult:
                     loss = loss_fn(outputs, item_ids=item_ids, step=state.global_step)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    if training.debug_dump_path and accelerator.is_main_process:
-                        dump.append({"step": state.global_step, "loss": loss.detach().float().cpu(),
-                                     "grads": {name: p.grad.detach().float().cpu().clone()
-                                               for name, p in unwrapped.named_parameters() if p.grad is not None}})
+                    if training.debug_dump_path:  # every process: gathering sharded gradients is a collective
+                        grads = {name: full_tensor(p.grad.detach()).float().cpu().clone()
+                                 for name, p in unwrapped.named_parameters() if p.grad is not None}
+                        if accelerator.is_main_process:
+                            dump.append({"step": state.global_step, "loss": loss.detach().float().cpu(),
+                                         "grads": grads})
                     if training.max_grad_norm is not None:
                         accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
                 optimizer.step()
@@ -318,21 +322,23 @@ def train(config: ExperimentConfig) -> TrainResult:
             break
         state.epoch, state.batches_in_epoch = epoch + 1, 0
         if eval_items is not None and config.evaluation.enabled and (epoch + 1) % config.evaluation.every_epochs == 0:
-            _evaluate_and_select(accelerator, unwrapped, processor, eval_items, config, state, log, epoch, fragments)
+            _evaluate_and_select(accelerator, model, unwrapped, processor, eval_items, config, state, log, epoch,
+                                 fragments)
             model.train()
     progress.close()
     if training.debug_dump_path and accelerator.is_main_process:
         Path(training.debug_dump_path).parent.mkdir(parents=True, exist_ok=True)
         torch.save(dump, training.debug_dump_path)
     accelerator.wait_for_everyone()
-    result = _finish(accelerator, unwrapped, processor, config, state, start_time)
+    result = _finish(accelerator, model, unwrapped, processor, config, state, start_time)
     accelerator.end_training()
     return result
 
 
-def _evaluate_and_select(accelerator, unwrapped, processor, eval_items, config, state, log, epoch,
+def _evaluate_and_select(accelerator, model, unwrapped, processor, eval_items, config, state, log, epoch,
                          fragments=None) -> None:
     """Evaluate on the main process; keep the model in ``output_dir/best`` when the rsum improves."""
+    unwrapped = main_process_model(accelerator, model, unwrapped)  # an unsharded copy under FSDP
     if accelerator.is_main_process:
         unwrapped.eval()
         metrics = _evaluate(unwrapped, eval_items, processor, config, accelerator.device, fragments)
@@ -355,11 +361,12 @@ def _evaluate_and_select(accelerator, unwrapped, processor, eval_items, config, 
     state.load_state_dict(shared[0])
 
 
-def _finish(accelerator, unwrapped, processor, config: ExperimentConfig, state: TrainerState,
+def _finish(accelerator, model, unwrapped, processor, config: ExperimentConfig, state: TrainerState,
             start_time: float) -> TrainResult:
     output_dir = Path(config.output_dir)
     best = output_dir / "best"
     failure: BaseException | None = None
+    unwrapped = main_process_model(accelerator, model, unwrapped)  # an unsharded copy under FSDP
     if accelerator.is_main_process:
         try:
             _save_final(accelerator, unwrapped, processor, config, state, output_dir, best)

@@ -53,8 +53,10 @@ class MLTMLoss(nn.Module):
             them during training).
         cost_fn (`Callable`): ``(audio (n, d), text (m, d)) -> cost (n, m)``, float32, lower is better (the model's
             `pairwise_cost`).
-        logit_scale (`torch.Tensor`, *optional*): ``log(1 / temperature)`` of the InfoNCE losses (the model's
-            parameter, learnable or not); default ``-log(config.temperature)``.
+        logit_scale (`torch.Tensor` or `Callable`, *optional*): ``log(1 / temperature)`` of the InfoNCE losses (the
+            model's parameter when learnable, else its buffer), or a function returning it at each call (what
+            `from_model` passes, so that moving the model to another device or FSDP's parameter swap is followed);
+            default ``-log(config.temperature)``.
         metric (`nn.Module`, *optional*): the model's `MahalanobisMetric`, projected onto the PSD cone by
             `on_optimizer_step` when ``config.metric_type == "projected"`` (the paper's projected gradient).
         gather (`bool`, defaults to `False`): all-gather the embeddings (with gradient) and ``item_ids`` of every
@@ -81,7 +83,7 @@ class MLTMLoss(nn.Module):
         self,
         config: MLTMAudioTextConfig,
         cost_fn: CostFn,
-        logit_scale: torch.Tensor | None = None,
+        logit_scale: torch.Tensor | Callable[[], torch.Tensor] | None = None,
         *,
         metric: nn.Module | None = None,
         gather: bool = False,
@@ -97,7 +99,7 @@ class MLTMLoss(nn.Module):
     @classmethod
     def from_model(cls, model: nn.Module, *, gather: bool = False) -> MLTMLoss:
         """The loss of an `MLTMAudioTextModel` (its config, metric and temperature)."""
-        return cls(model.config, model.pairwise_cost, model.logit_scale, metric=model.metric, gather=gather)
+        return cls(model.config, model.pairwise_cost, lambda: model.logit_scale, metric=model.metric, gather=gather)
 
     def forward(
         self,
@@ -148,6 +150,8 @@ class MLTMLoss(nn.Module):
             hardest = config.triplet_hardest_negative and (step is None or step >= config.triplet_warmup_steps)
             return triplet_loss(similarity, config.triplet_margin, hardest_negative=hardest, item_ids=item_ids)
         logit_scale = self._logit_scale[0]
+        if callable(logit_scale):
+            logit_scale = logit_scale()
         if logit_scale is None:
             logit_scale = torch.tensor(config.temperature, device=cost.device).log().neg()
         temperature = logit_scale.exp().reciprocal()

@@ -169,11 +169,13 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
             if config.metric_type == "euclidean"
             else MahalanobisMetric(config.projection_dim, config.metric_type, config.metric_rank, config.metric_init)
         )
-        # log(1 / temperature) of the InfoNCE baselines (CLIP's logit_scale), learnable on request.
-        self.logit_scale = nn.Parameter(
-            torch.tensor(-math.log(config.temperature)),
-            requires_grad=config.learnable_temperature,
-        )
+        # log(1 / temperature) of the InfoNCE baselines (CLIP's logit_scale): a parameter when learnable, else a
+        # buffer (same state-dict entry). A fixed one must not be a parameter: FSDP2 cannot shard 0-dim parameters.
+        logit_scale = torch.tensor(-math.log(config.temperature))
+        if config.learnable_temperature:
+            self.logit_scale = nn.Parameter(logit_scale)
+        else:
+            self.register_buffer("logit_scale", logit_scale)
         self._audio_arguments = _accepted_arguments(self.audio_model)
         self.post_init()
 
@@ -182,6 +184,13 @@ class MLTMAudioTextModel(MLTMPreTrainedModel):
         if error is not None:
             raise error
         return super().__getattr__(name)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The text tower's token embedding (transformers' resizing and accelerate's FSDP preparation look it up)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
 
     @classmethod
     def from_audio_text_pretrained(

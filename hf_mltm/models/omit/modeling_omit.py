@@ -189,6 +189,13 @@ class OMITImageTextModel(OMITPreTrainedModel):
             raise error
         return super().__getattr__(name)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The text tower's token embedding (transformers' resizing and accelerate's FSDP preparation look it up)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
+
     # ----------------------------------------------------------------------------------------------------------------
     # Fragments
 

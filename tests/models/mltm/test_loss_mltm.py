@@ -1,5 +1,6 @@
 """`MLTMLoss` (the loss module) and the shared loss vocabulary: exact values, the trainer's path, old names."""
 
+import math
 import warnings
 
 import pytest
@@ -67,6 +68,18 @@ def test_infonce_uses_the_model_temperature_and_its_gradient():
     torch.testing.assert_close(loss, contrastive_loss(similarity, torch.tensor(0.1)))
     loss.backward()
     assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0
+
+
+def test_loss_from_model_reads_the_current_temperature():
+    # from_model looks logit_scale up at each call: a fixed temperature is a buffer, which a device or dtype move
+    # (or FSDP) replaces by a new tensor; a loss holding the old one would keep using it.
+    model = tiny_model(loss_type="infonce", temperature=0.1)
+    loss_fn = MLTMLoss.from_model(model)
+    outputs = embeddings()
+    similarity = outputs["audio_embeds"] @ outputs["text_embeds"].T
+    torch.testing.assert_close(loss_fn(outputs), contrastive_loss(similarity, torch.tensor(0.1)))
+    model.logit_scale = torch.tensor(math.log(1 / 0.5))  # a new buffer tensor, as a move would make
+    torch.testing.assert_close(loss_fn(outputs), contrastive_loss(similarity, torch.tensor(0.5)))
 
 
 def test_triplet_warm_up_counts_optimizer_steps():

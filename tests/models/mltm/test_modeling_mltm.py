@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -143,6 +144,33 @@ def test_save_and_auto_load_round_trip(tmp_path):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), MLTMAudioTextConfig)
     inputs = tiny_inputs()
     torch.testing.assert_close(loaded(**inputs).logits_per_audio, model(**inputs).logits_per_audio, atol=0, rtol=0)
+
+
+def test_fixed_temperature_is_a_buffer_and_both_kinds_share_one_state_dict_entry(tmp_path):
+    # A fixed logit_scale is a buffer (FSDP2 cannot shard a 0-dim parameter); checkpoints of either kind load into
+    # the other, with the value kept.
+    fixed = MLTMAudioTextModel(tiny_config(temperature=0.05))
+    learnable = MLTMAudioTextModel(tiny_config(temperature=0.2, learnable_temperature=True))
+    assert "logit_scale" in dict(fixed.named_buffers()) and "logit_scale" not in dict(fixed.named_parameters())
+    assert dict(learnable.named_parameters())["logit_scale"].requires_grad
+    for model in (fixed, learnable):
+        assert model.state_dict()["logit_scale"].shape == ()
+    learnable.save_pretrained(tmp_path / "learnable")
+    loaded = MLTMAudioTextModel.from_pretrained(tmp_path / "learnable", learnable_temperature=False)
+    assert "logit_scale" in dict(loaded.named_buffers())
+    torch.testing.assert_close(loaded.logit_scale, torch.tensor(math.log(5.0)), atol=1e-6, rtol=0)
+    fixed.save_pretrained(tmp_path / "fixed")
+    loaded = MLTMAudioTextModel.from_pretrained(tmp_path / "fixed", learnable_temperature=True)
+    assert isinstance(loaded.logit_scale, torch.nn.Parameter)
+    torch.testing.assert_close(loaded.logit_scale.detach(), torch.tensor(math.log(20.0)), atol=1e-6, rtol=0)
+
+
+def test_input_embeddings_are_the_text_towers():
+    model = MLTMAudioTextModel(tiny_config())
+    assert model.get_input_embeddings() is model.text_model.embeddings.word_embeddings
+    replacement = torch.nn.Embedding(99, 32)
+    model.set_input_embeddings(replacement)
+    assert model.text_model.get_input_embeddings() is replacement
 
 
 def test_saved_folder_loads_with_trust_remote_code_in_a_fresh_process(tmp_path):

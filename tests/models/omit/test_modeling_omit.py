@@ -231,6 +231,14 @@ def test_invalid_config_raises(kwargs, match):
         tiny_config(**kwargs)
 
 
+def test_input_embeddings_are_the_text_towers():
+    model = OMITImageTextModel(tiny_config())
+    assert model.get_input_embeddings() is model.text_model.embeddings.word_embeddings
+    replacement = torch.nn.Embedding(99, 32)
+    model.set_input_embeddings(replacement)
+    assert model.text_model.get_input_embeddings() is replacement
+
+
 def test_save_and_auto_load_round_trip(tmp_path):
     model = OMITImageTextModel(tiny_config(partial_matching="mass", partial_ot_mass=0.7)).eval()
     model.save_pretrained(tmp_path)

@@ -30,6 +30,12 @@ Multi-process (DDP, multi-CPU): every process calls `save_checkpoint`/`load_chec
 the shared files, each process writes its own RNG file, and all of them meet at barriers (which also share any
 error, so a failure on one rank raises on every rank instead of hanging the others) before the marker is
 written and again after the rename. ``output_dir`` must be on a filesystem that all processes see.
+
+FSDP2 (sharded parameters and optimizer state): every process takes part in gathering the full model and optimizer
+state dicts (``torch.distributed.checkpoint.state_dict``, offloaded to the main process's CPU memory), which the
+main process writes in the same files; on load every process reads the full state and keeps its shard. The
+optimizer file then holds the parameter-name-keyed form of those functions, so the manifest records
+``"sharding": "fsdp2"`` and a checkpoint resumes only under the sharding it was saved with.
 """
 
 from __future__ import annotations
@@ -79,7 +85,7 @@ FORMAT_VERSION = 1
 
 _HASH_CHUNK = 1 << 20
 # Sharded strategies need collective state-dict calls that this module does not make.
-_UNSUPPORTED_DISTRIBUTED_TYPES = ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA")
+_UNSUPPORTED_DISTRIBUTED_TYPES = ("DEEPSPEED", "MEGATRON_LM", "XLA")
 
 
 class CheckpointError(ValueError):
@@ -169,10 +175,26 @@ def _check_accelerator(accelerator: Any) -> None:
                              f"(no {attribute!r}).")
     distributed_type = getattr(accelerator, "distributed_type", "NO")
     distributed_type = str(getattr(distributed_type, "value", distributed_type))
-    if distributed_type in _UNSUPPORTED_DISTRIBUTED_TYPES:
+    if distributed_type in _UNSUPPORTED_DISTRIBUTED_TYPES or (
+            distributed_type == "FSDP" and not getattr(accelerator, "is_fsdp2", False)):
         raise ValueError(f"accelerator: distributed_type={distributed_type} is not supported by "
-                         "hf_mltm.training.checkpointing (sharded state needs collective save/load); use DDP "
-                         "(multi-GPU/multi-CPU) or a single process.")
+                         "hf_mltm.training.checkpointing; use DDP (multi-GPU/multi-CPU), FSDP with fsdp_version: 2, "
+                         "or a single process.")
+
+
+def _sharding(accelerator: Any) -> str | None:
+    """``"fsdp2"`` when the model and optimizer state are sharded, else `None` (what the manifest records)."""
+    return "fsdp2" if getattr(accelerator, "is_fsdp2", False) is True else None
+
+
+def _full_state_options(**kwargs: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def _inner_optimizer(optimizer: Any) -> Any:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
 
 
 def _check_trainer_state(value: Any, where: str = "trainer_state") -> None:
@@ -344,6 +366,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     if isinstance(accelerator_step, bool) or not isinstance(accelerator_step, int) or accelerator_step < 0:
         raise _DamagedCheckpoint(f"{path}: \"accelerator_step\" must be a non-negative int, got "
                                  f"{accelerator_step!r}")
+    if manifest.get("sharding", None) not in (None, "fsdp2"):
+        raise _DamagedCheckpoint(f"{path}: \"sharding\" must be \"fsdp2\" or absent, got {manifest['sharding']!r}")
     if not isinstance(files, dict):
         raise _DamagedCheckpoint(f"{path}: \"files\" must map file names to {{\"size\", \"sha256\"}}")
     for name, entry in files.items():
@@ -442,13 +466,17 @@ def _previous_checkpoint_advice(folder: Path) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _write_shared_files(temp: Path, unwrapped: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
-                        trainer_state: dict[str, Any]) -> None:
-    from safetensors.torch import save_model
+def _write_shared_files(temp: Path, model: torch.nn.Module | dict[str, torch.Tensor], optimizer_state: dict[str, Any],
+                        scheduler: Any, scaler: Any, trainer_state: dict[str, Any]) -> None:
+    """``model``: the unwrapped module, or a gathered full state dict (FSDP2)."""
+    from safetensors.torch import save_file, save_model
 
-    save_model(unwrapped, str(temp / MODEL_NAME), metadata={"format": "pt"})
+    if isinstance(model, dict):
+        save_file(model, str(temp / MODEL_NAME), metadata={"format": "pt"})
+    else:
+        save_model(model, str(temp / MODEL_NAME), metadata={"format": "pt"})
     _fsync_path(temp / MODEL_NAME)
-    _torch_save(optimizer.state_dict(), temp / OPTIMIZER_NAME)
+    _torch_save(optimizer_state, temp / OPTIMIZER_NAME)
     _torch_save(scheduler.state_dict(), temp / SCHEDULER_NAME)
     if scaler is not None:
         _torch_save(scaler.state_dict(), temp / SCALER_NAME)
@@ -458,7 +486,8 @@ def _write_shared_files(temp: Path, unwrapped: torch.nn.Module, optimizer: Any, 
         os.fsync(handle.fileno())
 
 
-def _commit(temp: Path, final: Path, *, step: int, num_processes: int, accelerator_step: int) -> None:
+def _commit(temp: Path, final: Path, *, step: int, num_processes: int, accelerator_step: int,
+            sharding: str | None = None) -> None:
     """Write the marker into ``temp`` (last), then atomically move ``temp`` to ``final``."""
     names = _required_files(num_processes, (temp / SCALER_NAME).is_file())
     missing = [name for name in names if not (temp / name).is_file()]
@@ -468,6 +497,8 @@ def _commit(temp: Path, final: Path, *, step: int, num_processes: int, accelerat
     files = {name: {"size": (temp / name).stat().st_size, "sha256": _sha256(temp / name)} for name in names}
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "step": step, "num_processes": num_processes,
                 "accelerator_step": accelerator_step, "files": files}
+    if sharding is not None:
+        manifest["sharding"] = sharding
     with (temp / MANIFEST_NAME).open("w") as handle:
         json.dump(manifest, handle, sort_keys=True, indent=2)
         handle.flush()
@@ -533,7 +564,7 @@ def save_checkpoint(
 
     Raises:
         ValueError: a bad argument (negative step, ``total_limit < 1``, a trainer state value JSON cannot store
-            exactly, an FSDP/DeepSpeed accelerator), raised on every process before anything is written.
+            exactly, an FSDP1/DeepSpeed/XLA accelerator), raised on every process before anything is written.
         CheckpointError: writing failed on some process (all processes raise; the previous checkpoints and
             `latest_checkpoint` are unaffected).
     """
@@ -564,10 +595,19 @@ def save_checkpoint(
     _synchronize(accelerator, error, action)
 
     error = None
+    sharding = _sharding(accelerator)
     try:
+        if sharding is not None:  # every process takes part in the gathers; the main process receives them
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+            options = _full_state_options(cpu_offload=True)
+            model_state: Any = get_model_state_dict(model, options=options)
+            optimizer_state = get_optimizer_state_dict(model, _inner_optimizer(optimizer), options=options)
+        elif is_main:
+            model_state = accelerator.unwrap_model(model, keep_torch_compile=False)
+            optimizer_state = optimizer.state_dict()
         if is_main:
-            unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-            _write_shared_files(temp, unwrapped, optimizer, scheduler, getattr(accelerator, "scaler", None),
+            _write_shared_files(temp, model_state, optimizer_state, scheduler, getattr(accelerator, "scaler", None),
                                 trainer_state)
         _torch_save(_capture_rng_state(), temp / rng_state_name(accelerator.process_index))
     except Exception as caught:
@@ -578,7 +618,7 @@ def save_checkpoint(
     if is_main:
         try:
             _commit(temp, final, step=step, num_processes=accelerator.num_processes,
-                    accelerator_step=int(getattr(accelerator, "step", 0)))
+                    accelerator_step=int(getattr(accelerator, "step", 0)), sharding=sharding)
             if total_limit is not None:
                 _prune(checkpoints, final, int(total_limit))
         except Exception as caught:
@@ -629,6 +669,11 @@ def _check_safetensors(path: Path) -> None:
 def _load_local(accelerator: Any, folder: Path, model: torch.nn.Module, optimizer: Any,
                 scheduler: Any) -> dict[str, Any]:
     manifest = _read_manifest(folder)
+    sharding = _sharding(accelerator)
+    if manifest.get("sharding") != sharding:
+        saved_with, running = (manifest.get("sharding") or "no sharding"), (sharding or "no sharding")
+        raise CheckpointError(f"{folder} was saved with {saved_with} but this run has {running}: the optimizer "
+                              "state is stored differently; resume with the accelerate config it was saved with")
     if manifest["num_processes"] != accelerator.num_processes:
         raise CheckpointError(f"{folder} was saved by {manifest['num_processes']} processes but this run has "
                               f"{accelerator.num_processes}: each process resumes its own RNG state, so launch with "
@@ -662,11 +707,27 @@ def _load_local(accelerator: Any, folder: Path, model: torch.nn.Module, optimize
         if not isinstance(loaded, dict):
             raise _DamagedCheckpoint(f"{path} must hold a state dict, got {type(loaded).__name__}")
 
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
 
-    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    steps = ((model_path, lambda: load_model(unwrapped, str(model_path), strict=True)),
-             (optimizer_path, lambda: optimizer.load_state_dict(optimizer_state)),
+    if sharding is not None:  # every process reads the full state and keeps its own shard
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        def load_model_state() -> None:
+            set_model_state_dict(model, load_file(str(model_path)), options=_full_state_options())
+
+        def load_optimizer_state() -> None:
+            set_optimizer_state_dict(model, _inner_optimizer(optimizer), optimizer_state,
+                                     options=_full_state_options())
+    else:
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+
+        def load_model_state() -> None:
+            load_model(unwrapped, str(model_path), strict=True)
+
+        def load_optimizer_state() -> None:
+            optimizer.load_state_dict(optimizer_state)
+    steps = ((model_path, load_model_state),
+             (optimizer_path, load_optimizer_state),
              (scheduler_path, lambda: scheduler.load_state_dict(scheduler_state)))
     if scaler is not None:
         steps += ((folder / SCALER_NAME, lambda: scaler.load_state_dict(scaler_state)),)

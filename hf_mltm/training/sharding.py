@@ -7,11 +7,11 @@ all-reduce). Two things need the full weights on one process: evaluation with ch
 the final model. Both go through `main_process_model`, which gathers a full state dict (a collective: every
 process calls it) and builds an unsharded copy on the main process.
 
-Refused before any work, each with the setting to change: FSDP1 (``fsdp_version: 1``), training checkpoints and
-resuming under FSDP (sharded optimizer state needs collective save and load, which `checkpointing` does not
-implement), a learnable temperature (FSDP2 cannot shard the 0-dim ``logit_scale`` parameter), the
-``"projected"`` metric (its PSD projection needs the whole matrix after every step), and DeepSpeed, Megatron-LM
-and XLA (never run here).
+Training checkpoints gather and scatter the full model and optimizer state (`hf_mltm.training.checkpointing`).
+
+Refused before any work, each with the setting to change: FSDP1 (``fsdp_version: 1``), a learnable temperature
+(FSDP2 cannot shard the 0-dim ``logit_scale`` parameter), the ``"projected"`` metric (its PSD projection needs the
+whole matrix after every step), and DeepSpeed, Megatron-LM and XLA (never run here).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def check_sharding(accelerator: Any, config: Any) -> None:
 
     Args:
         accelerator (`accelerate.Accelerator`): the run's accelerator.
-        config (`ExperimentConfig`): the run's config (``training`` and ``model`` sections are read).
+        config (`ExperimentConfig`): the run's config (its ``model`` section is read).
     """
     distributed_type = _distributed_type(accelerator)
     if distributed_type in _NEVER_RUN:
@@ -54,11 +54,6 @@ def check_sharding(accelerator: Any, config: Any) -> None:
     if version != 2:
         raise ValueError(f"{config.source}: FSDP version {version} is not supported; set fsdp_version: 2 in the "
                          "accelerate config (FSDP2, fully_shard).")
-    training = config.training
-    if training.checkpoint_every_steps is not None or training.resume_from_checkpoint:
-        raise ValueError(f"{config.source}: training checkpoints are not supported under FSDP (sharded optimizer "
-                         "state); set training.checkpoint_every_steps null and training.resume_from_checkpoint "
-                         "null, or train with DDP.")
     model_config = config.model.get("config") or {}
     if model_config.get("learnable_temperature"):
         raise ValueError(f"{config.source}: model.config.learnable_temperature=true cannot be trained under FSDP "

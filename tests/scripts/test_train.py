@@ -119,13 +119,42 @@ def test_fsdp2_two_processes_equal_one_process(tmp_path, shared_data):
             torch.testing.assert_close(got[key], value, atol=1e-3 * float(value.abs().max()) + 1e-7, rtol=0)
 
 
+def test_fsdp2_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, shared_data):
+    # Checkpoints under FSDP2 gather the sharded model and optimizer state; resuming scatters them back.
+    config = tiny_config(tmp_path, shared_data, checkpoint_every_steps=2)
+    common = ["--config", str(config), "--evaluation.enabled", "false"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    run_train([*common, "--output_dir", str(whole)], processes=2, fsdp2=True)
+    run_train([*common, "--output_dir", str(stopped), "--training.max_steps", "4"], processes=2, fsdp2=True)
+    manifest = json.loads((stopped / "checkpoints" / "checkpoint_4" / "checkpoint.json").read_text())
+    assert manifest["sharding"] == "fsdp2" and manifest["num_processes"] == 2
+    # A sharded checkpoint cannot resume without sharding: the optimizer state is stored by parameter name.
+    refused = run_train([*common, "--output_dir", str(stopped), "--training.resume_from_checkpoint", "latest"],
+                        check=False)
+    assert refused.returncode == 2 and "saved with fsdp2 but this run has no sharding" in refused.stderr
+    result = run_train([*common, "--output_dir", str(stopped), "--training.resume_from_checkpoint", "latest"],
+                       processes=2, fsdp2=True)
+    assert "resumed from" in result.stdout + result.stderr
+    expected = [r for r in read_metrics_log(whole / "metrics.jsonl") if r["type"] == "train"]
+    resumed = [r for r in read_metrics_log(stopped / "metrics.jsonl") if r["type"] == "train"]
+    assert [r["step"] for r in resumed] == [r["step"] for r in expected] == list(range(1, 9))
+    for got, want in zip(resumed, expected, strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-7)
+        assert got["lr"] == want["lr"]
+    from safetensors.torch import load_file
+
+    want, got = load_file(whole / "model.safetensors"), load_file(stopped / "model.safetensors")
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, atol=1e-6, rtol=1e-5)
+
+
 def test_fsdp2_refuses_what_it_cannot_run_before_any_work(tmp_path, shared_data):
-    config = tiny_config(tmp_path, shared_data)  # checkpoint_every_steps: 2
+    config = tiny_config(tmp_path, shared_data)
     out = tmp_path / "fsdp2"
-    result = run_train(["--config", str(config), "--output_dir", str(out)], processes=2, fsdp2=True, check=False)
+    result = run_train(["--config", str(config), "--output_dir", str(out), "--model.config.learnable_temperature",
+                        "true"], processes=2, fsdp2=True, check=False)
     assert result.returncode != 0
-    assert "training checkpoints are not supported under FSDP" in result.stderr
-    assert "training.checkpoint_every_steps null" in result.stderr
+    assert "learnable_temperature=true cannot be trained under FSDP" in result.stderr
     assert not (out / "metrics.jsonl").exists() and not (tmp_path / "features").exists()
 
 

@@ -546,3 +546,30 @@ def test_two_processes_save_shared_files_once_and_restore_each_rank_rng(tmp_path
 
 if __name__ == "__main__":
     _two_process_worker(Path(sys.argv[1]))
+
+
+@pytest.mark.parametrize("distributed_type", ["FSDP", "DEEPSPEED", "XLA"])  # FSDP here: version 1
+def test_unsupported_distributed_types_are_refused_before_writing(tmp_path, distributed_type):
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(is_main_process=True, process_index=0, num_processes=1, unwrap_model=lambda m, **_: m,
+                           distributed_type=distributed_type, is_fsdp2=False)
+    with pytest.raises(ValueError, match=f"distributed_type={distributed_type} is not supported"):
+        save_checkpoint(fake, tmp_path, 1, model=torch.nn.Linear(2, 2), optimizer=None, scheduler=None,
+                        trainer_state={})
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_checkpoint_resumes_only_under_the_sharding_it_was_saved_with(accelerator, saved):
+    checkpoints, run = saved
+    manifest_path = checkpoints / "checkpoint_4" / "checkpoint.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert "sharding" not in manifest  # unsharded runs keep the original manifest
+    manifest["sharding"] = "fsdp2"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="saved with fsdp2 but this run has no sharding"):
+        load_checkpoint(accelerator, checkpoints / "checkpoint_4", model=run[0], optimizer=run[1], scheduler=run[2])
+    manifest["sharding"] = "zero3"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match='"sharding" must be "fsdp2" or absent'):
+        load_checkpoint(accelerator, checkpoints / "checkpoint_4", model=run[0], optimizer=run[1], scheduler=run[2])

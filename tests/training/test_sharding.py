@@ -17,17 +17,15 @@ def fake_accelerator(distributed_type, fsdp_version=2):
     return SimpleNamespace(distributed_type=distributed_type, state=SimpleNamespace(fsdp_plugin=plugin))
 
 
-def fake_config(checkpoint_every_steps=None, resume_from_checkpoint=None, **model_config):
-    training = SimpleNamespace(checkpoint_every_steps=checkpoint_every_steps,
-                               resume_from_checkpoint=resume_from_checkpoint)
-    return SimpleNamespace(source="run.yaml", training=training, model={"config": model_config})
+def fake_config(**model_config):
+    return SimpleNamespace(source="run.yaml", model={"config": model_config})
 
 
 @pytest.mark.parametrize("distributed_type", [DistributedType.NO, DistributedType.MULTI_CPU,
                                               DistributedType.MULTI_GPU])
 def test_unsharded_setups_pass_with_any_settings(distributed_type):
     accelerator = fake_accelerator(distributed_type)
-    check_sharding(accelerator, fake_config(4, "latest", learnable_temperature=True, metric_type="projected"))
+    check_sharding(accelerator, fake_config(learnable_temperature=True, metric_type="projected"))
     assert not is_sharded(accelerator)
 
 
@@ -39,10 +37,6 @@ def test_fsdp2_with_supported_settings_passes():
 
 @pytest.mark.parametrize(("accelerator", "config", "message"), [
     (fake_accelerator(DistributedType.FSDP, fsdp_version=1), fake_config(), "set fsdp_version: 2"),
-    (fake_accelerator(DistributedType.FSDP), fake_config(checkpoint_every_steps=10),
-     "training.checkpoint_every_steps null"),
-    (fake_accelerator(DistributedType.FSDP), fake_config(resume_from_checkpoint="latest"),
-     "training.resume_from_checkpoint null"),
     (fake_accelerator(DistributedType.FSDP), fake_config(learnable_temperature=True),
      "learnable_temperature=true cannot be trained under FSDP"),
     (fake_accelerator(DistributedType.FSDP), fake_config(metric_type="projected"),

@@ -211,6 +211,10 @@ def tower_manifest(model: torch.nn.Module, settings: Mapping[str, Any] | None = 
     * ``weights``: ``sha256`` over every entry of ``model.state_dict()`` and every non-persistent buffer (e.g. a
       mel filterbank), sorted by name, each as its name, dtype, shape and raw bytes; plus the counts
       ``tensors`` and ``elements``.
+    * ``numerics`` (only when the model defines ``inference_numerics``): a string naming how the tower computes
+      in inference beyond its weights and config, e.g. the convolution algorithm (`PannsModel`: Winograd for the
+      wide layers). Outputs of another algorithm differ by float rounding only, but a model trained on them is not
+      the same model: a cache written by a release that computed differently is not reused.
 
     Numerics: tensors are moved to CPU one at a time and hashed as raw bytes (about 0.25 s per 100 MB, i.e. per
     25 M float32 parameters); nothing is converted, so float16 and float32 copies of a tower differ.
@@ -239,7 +243,7 @@ def tower_manifest(model: torch.nn.Module, settings: Mapping[str, Any] | None = 
     config_dict = None
     if config is not None and callable(getattr(config, "to_dict", None)):
         config_dict = _canonical(_without_volatile(config.to_dict()), "model.config")
-    return {
+    manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -247,6 +251,13 @@ def tower_manifest(model: torch.nn.Module, settings: Mapping[str, Any] | None = 
         "settings": None if settings is None else _canonical(dict(settings), "settings"),
         "weights": _weights_digest(model),
     }
+    numerics = getattr(model, "inference_numerics", None)
+    if numerics is not None:
+        if not isinstance(numerics, str):
+            raise ValueError(f"tower_manifest: {type(model).__name__}.inference_numerics must be a str, got "
+                             f"{type(numerics).__name__}.")
+        manifest["numerics"] = numerics
+    return manifest
 
 
 def tower_fingerprint(model: torch.nn.Module, settings: Mapping[str, Any] | None = None) -> str:

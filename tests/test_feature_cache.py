@@ -297,6 +297,32 @@ def test_tower_fingerprint_ignores_load_path_but_not_config_values():
     assert manifest["weights"]["elements"] == sum(t.numel() for t in model.state_dict().values()) + 2 * 16
 
 
+def test_tower_fingerprint_follows_the_declared_inference_numerics(monkeypatch):
+    # Towers without inference_numerics keep the manifest (and so the caches) they always had.
+    torch.manual_seed(0)
+    tower = TinyTower()
+    assert set(tower_manifest(tower)) == {"format", "version", "class", "config", "settings", "weights"}
+    base = tower_fingerprint(tower)
+    declared = copy.deepcopy(tower)
+    declared.inference_numerics = "direct"
+    assert tower_manifest(declared)["numerics"] == "direct" and tower_fingerprint(declared) != base
+    other = copy.deepcopy(declared)
+    other.inference_numerics = "winograd"
+    assert tower_fingerprint(other) != tower_fingerprint(declared)
+    declared.inference_numerics = 2
+    with pytest.raises(ValueError, match="inference_numerics must be a str"):
+        tower_manifest(declared)
+    # PANNs: the Winograd threshold is part of it, so a cache of direct-convolution features is not reused.
+    from hf_mltm.models.panns import PannsConfig, PannsModel
+    from hf_mltm.models.panns import modeling_panns
+
+    panns = PannsModel(PannsConfig(variant="cnn10", channels=[8, 8, 8, 16], num_mel_bins=16))
+    with_winograd = tower_fingerprint(panns)
+    monkeypatch.setattr(modeling_panns, "WINOGRAD_MIN_IN_CHANNELS", 10**9)
+    assert "winograd-f4x4-3x3 for in_channels >= 1000000000" in tower_manifest(panns)["numerics"]
+    assert tower_fingerprint(panns) != with_winograd
+
+
 def test_cache_of_one_fingerprint_is_never_read_under_another(tmp_path):
     tower = TinyTower()
     keys = [f"k{i}" for i in range(5)]

@@ -503,6 +503,13 @@ class PannsModel(PannsPreTrainedModel):
             )
         return mask.to(device=input_features.device, dtype=torch.long).sum(dim=-1)
 
+    @property
+    def inference_numerics(self) -> str:
+        """How inference computes beyond the weights: BatchNorm folded into the convolutions, and F(4x4, 3x3)
+        Winograd for the 3x3 convolutions with at least `WINOGRAD_MIN_IN_CHANNELS` input channels. Feature caches
+        (`hf_mltm.feature_cache.tower_manifest`) key on it."""
+        return f"folded-bn; winograd-f4x4-3x3 for in_channels >= {WINOGRAD_MIN_IN_CHANNELS}"
+
     def fold_conv_blocks(self) -> FoldedBlocks:
         """`PannsConvBlock.fold_convolutions` of every conv block, from the current weights (for inference)."""
         return {module: module.fold_convolutions() for module in self.modules() if isinstance(module, PannsConvBlock)}

@@ -280,11 +280,9 @@ def test_same_output_dir_with_other_clips_of_the_same_count_trains_on_the_new_cl
     assert second == pytest.approx(fresh, abs=1e-6)
 
 
-def test_omit_trains_on_real_flickr8k_grid_fragments_and_reloads(tmp_path, shared_data):
-    from transformers import AutoModel
-
+def omit_flickr8k_config(tmp_path: Path, shared_data: Path, **training) -> Path:
+    """OMIT on 16 training and 8 validation Flickr8k images (80 / 40 captions), EfficientNet-Lite0 grid fragments."""
     from hf_mltm.data import build_flickr8k, extract_grid_features
-    from hf_mltm.models.omit import OMITImageTextModel
 
     splits = build_flickr8k(shared_data / "flickr8k_1k", view="items")
     train_items, eval_items = splits["train"].select(range(16)), splits["validation"].select(range(8))
@@ -297,9 +295,41 @@ def test_omit_trains_on_real_flickr8k_grid_fragments_and_reloads(tmp_path, share
     raw["data"]["eval"][0]["max_items"] = 8
     raw["data"]["fragments"] = str(tmp_path / "grid")
     raw["model"]["config"].update(embed_dim=32, image_projection_hidden_size=32, triplet_warmup_steps=5)
-    raw["training"].update(num_epochs=3, batch_size=16, progress=False, trackers=[], checkpoint_every_steps=100)
+    raw["training"].update({"num_epochs": 3, "batch_size": 16, "progress": False, "trackers": [],
+                            "checkpoint_every_steps": 100, **training})
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def test_omit_fsdp2_two_processes_equal_one_process(tmp_path, shared_data):
+    # The OMIT loss gathers fragments of different token counts (padded) across processes. With every image
+    # fragment kept (the training-time random selection off: each process would draw its own), two FSDP2 processes
+    # give the updates of one process on the global batch.
+    config = omit_flickr8k_config(tmp_path, shared_data, num_epochs=1, checkpoint_every_steps=None)
+    common = ["--config", str(config), "--model.config.fragment_keep_ratio", "1.0"]
+    dumps = {}
+    for name, processes in (("one", 1), ("fsdp2", 2)):
+        out = tmp_path / name
+        result = run_train([*common, "--output_dir", str(out), "--training.debug_dump_path", str(out / "dump.pt")],
+                           processes=processes, fsdp2=processes > 1)
+        dumps[name] = torch.load(out / "dump.pt", weights_only=True)
+    assert "prepared FSDPOMITImageTextModel" in result.stdout
+    assert [entry["step"] for entry in dumps["fsdp2"]] == list(range(5))
+    for step, (a, b) in enumerate(zip(dumps["one"], dumps["fsdp2"], strict=True)):
+        torch.testing.assert_close(b["loss"], a["loss"], atol=1e-6, rtol=1e-6)
+        assert sorted(a["grads"]) == sorted(b["grads"])
+        for name, grad in a["grads"].items():
+            relative_error = ((b["grads"][name] - grad).norm() / grad.norm()).item()
+            assert relative_error < 1e-5, (step, name, relative_error)
+
+
+def test_omit_trains_on_real_flickr8k_grid_fragments_and_reloads(tmp_path, shared_data):
+    from transformers import AutoModel
+
+    from hf_mltm.models.omit import OMITImageTextModel
+
+    config = omit_flickr8k_config(tmp_path, shared_data)
     run_train(["--config", str(config), "--output_dir", str(tmp_path / "run")])
     log = read_metrics_log(tmp_path / "run" / "metrics.jsonl")
     steps = [entry for entry in log if entry.get("type") == "train"]

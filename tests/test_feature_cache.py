@@ -313,8 +313,7 @@ def test_tower_fingerprint_follows_the_declared_inference_numerics(monkeypatch):
     with pytest.raises(ValueError, match="inference_numerics must be a str"):
         tower_manifest(declared)
     # PANNs: the Winograd threshold is part of it, so a cache of direct-convolution features is not reused.
-    from hf_mltm.models.panns import PannsConfig, PannsModel
-    from hf_mltm.models.panns import modeling_panns
+    from hf_mltm.models.panns import PannsConfig, PannsModel, modeling_panns
 
     panns = PannsModel(PannsConfig(variant="cnn10", channels=[8, 8, 8, 16], num_mel_bins=16))
     with_winograd = tower_fingerprint(panns)

@@ -9,9 +9,9 @@ process calls it) and builds an unsharded copy on the main process.
 
 Training checkpoints gather and scatter the full model and optimizer state (`hf_mltm.training.checkpointing`).
 
-Refused before any work, each with the setting to change: FSDP1 (``fsdp_version: 1``), a learnable temperature
-(FSDP2 cannot shard the 0-dim ``logit_scale`` parameter), the ``"projected"`` metric (its PSD projection needs the
-whole matrix after every step), and DeepSpeed, Megatron-LM and XLA (never run here).
+Refused before any training work, each with the setting to change: FSDP1 (``fsdp_version: 1``), 0-dim parameters
+such as a learnable temperature (FSDP2 cannot shard ``logit_scale``), the ``"projected"`` metric (its PSD
+projection needs the whole matrix after every step), and DeepSpeed, Megatron-LM and XLA (never run here).
 """
 
 from __future__ import annotations
@@ -35,12 +35,16 @@ def is_sharded(accelerator: Any) -> bool:
     return _distributed_type(accelerator) == "FSDP"
 
 
-def check_sharding(accelerator: Any, config: Any) -> None:
+def check_sharding(accelerator: Any, config: Any, model: torch.nn.Module) -> None:
     """Raise ``ValueError`` (naming the setting to change) for a distributed setup the trainer cannot run exactly.
+
+    Call it after building the model and before any training work.
 
     Args:
         accelerator (`accelerate.Accelerator`): the run's accelerator.
-        config (`ExperimentConfig`): the run's config (its ``model`` section is read).
+        config (`ExperimentConfig`): the run's config (``config.source`` names the file in messages).
+        model (`torch.nn.Module`): the model to train (its parameters and config are read; a model loaded from a
+            folder may carry settings the YAML does not show).
     """
     distributed_type = _distributed_type(accelerator)
     if distributed_type in _NEVER_RUN:
@@ -54,12 +58,13 @@ def check_sharding(accelerator: Any, config: Any) -> None:
     if version != 2:
         raise ValueError(f"{config.source}: FSDP version {version} is not supported; set fsdp_version: 2 in the "
                          "accelerate config (FSDP2, fully_shard).")
-    model_config = config.model.get("config") or {}
-    if model_config.get("learnable_temperature"):
-        raise ValueError(f"{config.source}: model.config.learnable_temperature=true cannot be trained under FSDP "
-                         "(FSDP2 cannot shard the 0-dim logit_scale parameter); fix the temperature or train "
+    scalars = [name for name, parameter in model.named_parameters() if parameter.dim() == 0]
+    if scalars:
+        fix = ("set model.config.learnable_temperature false" if scalars == ["logit_scale"]
+               else "make them buffers or 1-element tensors")
+        raise ValueError(f"{config.source}: FSDP2 cannot shard the 0-dim parameter(s) {scalars}; {fix}, or train "
                          "with DDP.")
-    if model_config.get("metric_type") == "projected":
+    if getattr(getattr(model, "config", None), "metric_type", None) == "projected":
         raise ValueError(f"{config.source}: model.config.metric_type='projected' cannot be trained under FSDP "
                          "(the PSD projection needs the whole matrix after every step); use metric_type "
                          "'full', 'lowrank' or 'diagonal', or train with DDP.")

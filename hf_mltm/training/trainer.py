@@ -203,7 +203,6 @@ def train(config: ExperimentConfig) -> TrainResult:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=training.ddp_find_unused_parameters)],
         log_with=trackers or None,
     )
-    check_sharding(accelerator, config)
     if training.batch_size % accelerator.num_processes:
         raise ValueError(f"{config.source}: training.batch_size={training.batch_size} must be divisible by the "
                          f"number of processes ({accelerator.num_processes}).")
@@ -212,6 +211,7 @@ def train(config: ExperimentConfig) -> TrainResult:
         model, processor = build_model_and_processor(config.model)
         train_rows, eval_items = build_datasets(config.data)
         fragments = _fragments(config.data)
+    check_sharding(accelerator, config, model)
     if eval_items is not None and len(eval_items) < 2:
         # Every ranking of one item is perfect: its scores cannot tell epochs apart.
         accelerator.print(f"the selection split has {len(eval_items)} item(s): no checkpoint selection, the final "

@@ -84,7 +84,7 @@ FORMAT_NAME = "hf_mltm-checkpoint"
 FORMAT_VERSION = 1
 
 _HASH_CHUNK = 1 << 20
-# Sharded strategies need collective state-dict calls that this module does not make.
+# Never run with this module (DeepSpeed keeps its own sharded state; Megatron-LM, XLA). FSDP1 is refused too.
 _UNSUPPORTED_DISTRIBUTED_TYPES = ("DEEPSPEED", "MEGATRON_LM", "XLA")
 
 
@@ -176,7 +176,7 @@ def _check_accelerator(accelerator: Any) -> None:
     distributed_type = getattr(accelerator, "distributed_type", "NO")
     distributed_type = str(getattr(distributed_type, "value", distributed_type))
     if distributed_type in _UNSUPPORTED_DISTRIBUTED_TYPES or (
-            distributed_type == "FSDP" and not getattr(accelerator, "is_fsdp2", False)):
+            distributed_type == "FSDP" and _sharding(accelerator) is None):
         raise ValueError(f"accelerator: distributed_type={distributed_type} is not supported by "
                          "hf_mltm.training.checkpointing; use DDP (multi-GPU/multi-CPU), FSDP with fsdp_version: 2, "
                          "or a single process.")
@@ -548,10 +548,11 @@ def save_checkpoint(
     final barrier lets the processes continue. Saving draws no random numbers.
 
     Args:
-        accelerator (`accelerate.Accelerator`): the run's accelerator (single process, DDP or multi-CPU).
+        accelerator (`accelerate.Accelerator`): the run's accelerator (single process, DDP, multi-CPU or FSDP2).
         output_dir (`str` or `Path`): the run's output folder; checkpoints go to ``output_dir/checkpoints``.
         step (`int`): the number of optimizer steps taken (names the folder).
-        model (`torch.nn.Module`): the prepared model (DDP-wrapped or not); its unwrapped state dict is saved.
+        model (`torch.nn.Module`): the prepared model (DDP-wrapped, FSDP2-sharded or neither); its unwrapped (under
+            FSDP2: gathered) state dict is saved.
         optimizer: the prepared optimizer (anything with ``state_dict()``).
         scheduler: the prepared LR scheduler (anything with ``state_dict()``).
         trainer_state (`dict`): JSON-exact values only (None, bool, int, float, str, list, str-keyed dict);
@@ -764,7 +765,7 @@ def load_checkpoint(
     Args:
         accelerator (`accelerate.Accelerator`): the run's accelerator, with as many processes as at save time.
         folder (`str` or `Path`): a ``checkpoint_<n>`` folder (e.g. from `latest_checkpoint`).
-        model (`torch.nn.Module`): the prepared model (DDP-wrapped or not).
+        model (`torch.nn.Module`): the prepared model (DDP-wrapped, FSDP2-sharded or neither).
         optimizer: the prepared optimizer (``load_state_dict``).
         scheduler: the prepared LR scheduler (``load_state_dict``).
 

@@ -13,7 +13,9 @@ the batches do not depend on ``P``. The path of one step is::
 the loss of the whole global batch. The gather's backward sums the gradients of the ``P`` identical losses and DDP
 averages over ``P``: the update equals a one-process step on the same batch (checked by
 ``tests/scripts/test_train.py``). The trainer calls no other model method during training; after every optimizer
-step it calls ``loss_fn.on_optimizer_step()`` (the paper's PSD projection of a ``"projected"`` metric).
+step it calls ``loss_fn.on_optimizer_step()`` (the paper's PSD projection of a ``"projected"`` metric). Under FSDP2
+the same holds with FSDP's gradient reduce-scatter in place of DDP's all-reduce; evaluation and saving then run on
+an unsharded copy of the gathered weights (`hf_mltm.training.sharding`).
 
 With frozen towers and ``training.embedding_cache``, the towers' outputs for the training rows come from the
 content-keyed `hf_mltm.feature_cache.FeatureCache` (``training.feature_cache_dir``, default

@@ -42,7 +42,7 @@ from .data_factory import build_datasets, check_data_section, describe_sources
 from .metrics_log import MetricsLog
 from .model_card import write_model_card
 from .model_factory import build_model_and_processor, cache_root, check_model_section
-from .sharding import check_sharding, full_tensor, main_process_model
+from .sharding import check_sharding, full_tensor, is_sharded, main_process_model
 
 __all__ = ["EpochShuffleSampler", "TrainResult", "TrainerState", "latest_checkpoint", "train"]
 
@@ -289,7 +289,8 @@ def train(config: ExperimentConfig) -> TrainResult:
                     loss = loss_fn(outputs, item_ids=item_ids, step=state.global_step)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    if training.debug_dump_path:  # every process: gathering sharded gradients is a collective
+                    # Under FSDP every process takes part (gathering sharded gradients is a collective).
+                    if training.debug_dump_path and (accelerator.is_main_process or is_sharded(accelerator)):
                         grads = {name: full_tensor(p.grad.detach()).float().cpu().clone()
                                  for name, p in unwrapped.named_parameters() if p.grad is not None}
                         if accelerator.is_main_process:
@@ -368,10 +369,16 @@ def _finish(accelerator, model, unwrapped, processor, config: ExperimentConfig, 
     output_dir = Path(config.output_dir)
     best = output_dir / "best"
     failure: BaseException | None = None
-    unwrapped = main_process_model(accelerator, model, unwrapped)  # an unsharded copy under FSDP
+    from accelerate.utils import broadcast_object_list
+
+    # The main process's view, on every process: they must agree on whether the gather below runs.
+    use_best = broadcast_object_list([state.best_epoch is not None and best.is_dir()])[0]
+    # The final weights (gathered into an unsharded copy under FSDP, a collective) only when best/ does not replace
+    # them.
+    final = unwrapped if use_best else main_process_model(accelerator, model, unwrapped)
     if accelerator.is_main_process:
         try:
-            _save_final(accelerator, unwrapped, processor, config, state, output_dir, best)
+            _save_final(accelerator, final, processor, config, state, output_dir, best if use_best else None)
         except BaseException as error:  # let the other processes leave the barrier below before raising
             failure = error
     accelerator.wait_for_everyone()
@@ -382,11 +389,10 @@ def _finish(accelerator, model, unwrapped, processor, config: ExperimentConfig, 
 
 
 def _save_final(accelerator, unwrapped, processor, config: ExperimentConfig, state: TrainerState, output_dir: Path,
-                best: Path) -> None:
-    """Main process: save the best (or last) model, processor and model card; push to the Hub on request."""
-    model = unwrapped
-    if state.best_epoch is not None and best.is_dir():
-        model = type(unwrapped).from_pretrained(best)
+                best: Path | None) -> None:
+    """Main process: save the best model (from ``best``, when given) or ``unwrapped``, the processor and the model
+    card; push to the Hub on request."""
+    model = unwrapped if best is None else type(unwrapped).from_pretrained(best)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     model_config = config.model.get("config") or {}
